@@ -1,0 +1,67 @@
+"""Process reward model: a sigmoid value head on a decoder backbone.
+
+`V(p) = sigmoid(w · h_last + b)` where `h_last` is the backbone's final hidden
+state at the last real token of the partial solution `p`. The backbone is
+either a model of its own or the policy itself (shared): with a shared
+backbone the sampler's `last_hidden` already holds `h_last` for every newly
+sampled step, so scoring a child costs no extra forward pass.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from restmcts_jax.models import transformer as transformer_lib
+
+Array = jax.Array
+
+
+class ValueHead(nnx.Module):
+  """Linear map `[..., E] -> [...]` followed by a sigmoid, in f32."""
+
+  def __init__(self, embed_dim: int, *, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.kernel = transformer_lib.annotated_param(
+        rngs, param_dtype, nnx.initializers.zeros_init(), (embed_dim,),
+        ("embed",))
+    self.bias = nnx.Param(jnp.zeros((), param_dtype))
+
+  def __call__(self, hidden: Array) -> Array:
+    """Values in (0, 1), `[...]`, from hidden states `[..., E]`."""
+    score = hidden.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
+    return jax.nn.sigmoid(score + self.bias[...].astype(jnp.float32))
+
+
+class ValueModel(nnx.Module):
+  """Backbone + value head. Pass the policy as `backbone` to share it."""
+
+  def __init__(self, backbone: transformer_lib.Transformer, *, rngs: nnx.Rngs):
+    self.backbone = backbone
+    self.head = ValueHead(backbone.config.embed_dim,
+                          param_dtype=backbone.config.param_dtype, rngs=rngs)
+
+  def __call__(self, tokens: Array, lengths: Array) -> Array:
+    """Values `[B]` of right-padded partial solutions `tokens [B, T]`.
+
+    Args:
+      tokens: question + steps, right-padded, `[B, T]`.
+      lengths: real lengths `[B]` (>= 1); the head reads token `lengths - 1`.
+    """
+    positions = transformer_lib.default_positions(tokens)
+    hidden, _ = self.backbone.hidden(tokens, positions)
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], 1)[:, 0]
+    return self.head(last)
+
+
+def make_value_model(
+    policy: transformer_lib.Transformer,
+    *,
+    share_backbone: bool,
+    rngs: nnx.Rngs,
+) -> ValueModel:
+  """A value model on the policy's own backbone, or on a fresh backbone of the
+  same architecture (`share_backbone=False`)."""
+  if share_backbone:
+    return ValueModel(policy, rngs=rngs)
+  return ValueModel(transformer_lib.Transformer(policy.config, rngs=rngs),
+                    rngs=rngs)

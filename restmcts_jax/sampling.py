@@ -1,0 +1,241 @@
+"""Jit-compiled sampler of ONE reasoning step for a batch of prefixes.
+
+A step is the text up to a step delimiter (e.g. a newline). The sampler
+prefills the right-padded prefixes into a KV cache, then decodes one token per
+row per iteration of a `lax.while_loop` until every row has produced its step:
+it stops at a delimiter, at EOS, or at `max_step_len` tokens.
+
+The last token of every step is fed through the model once more, so that
+  * the returned cache holds the keys/values of the whole step (a child node
+    can continue from it), and
+  * `last_hidden` is the hidden state at the step's last token, which is what
+    a value head on the policy's backbone reads: no extra forward pass.
+
+Randomness comes from one key per row, folded with the token index, so a row's
+sample does not depend on which other rows share its batch.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from restmcts_jax.models import transformer as transformer_lib
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """How to sample a step. Frozen: a static jit argument.
+
+  Attributes:
+    max_step_len: most tokens in one step (the stop token included).
+    temperature: 0 means greedy.
+    top_k: keep the k most likely tokens (0: off).
+    top_p: nucleus sampling threshold (1.0: off).
+    stop_token_ids: step delimiters (e.g. the newline token); kept in the step.
+    eos_token_id: end of the whole solution; kept in the step.
+    answer_marker_ids: a step that starts with these tokens is final (carries
+      the answer), as is a step that ends with EOS. Empty: EOS only.
+  """
+
+  max_step_len: int = 32
+  temperature: float = 0.7
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_token_ids: tuple[int, ...] = ()
+  eos_token_id: int | None = None
+  answer_marker_ids: tuple[int, ...] = ()
+
+  @property
+  def end_token_ids(self) -> tuple[int, ...]:
+    eos = () if self.eos_token_id is None else (self.eos_token_id,)
+    return self.stop_token_ids + eos
+
+
+@struct.dataclass
+class StepSamples:
+  """One sampled step per row.
+
+  Attributes:
+    tokens: `[B, max_step_len]` step tokens, 0 after `lengths`.
+    lengths: `[B]` number of step tokens (stop/EOS token included).
+    ended_with_eos: `[B]` the step ended with EOS.
+    is_final: `[B]` the step ends the solution (EOS or answer marker).
+    log_prob: `[B]` sum of the sampled tokens' log-probabilities (under the
+      filtered, temperature-scaled distribution; the plain one for greedy).
+    last_hidden: `[B, E]` final hidden state at the step's last token.
+    cache: KV cache holding prefix + step, slot = position.
+  """
+
+  tokens: Array
+  lengths: Array
+  ended_with_eos: Array
+  is_final: Array
+  log_prob: Array
+  last_hidden: Array
+  cache: transformer_lib.KVCache
+
+
+def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
+  """Sets logits outside the top-k / top-p nucleus to -inf. `[..., V]`."""
+  neg_inf = jnp.finfo(logits.dtype).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token while the mass strictly before it is below top_p.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, neg_inf, logits)
+  return logits
+
+
+def _sample_token(logits: Array, keys: Array, index: Array, config):
+  """Next token `[B]` and its log-prob `[B]` from `logits [B, V]`."""
+  if config.temperature == 0:
+    tokens = jnp.argmax(logits, axis=-1)
+  else:
+    logits = filter_logits(
+        logits / config.temperature, config.top_k, config.top_p
+    )
+    row_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, index)
+    tokens = jax.vmap(jax.random.categorical)(row_keys, logits)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return tokens, jnp.take_along_axis(log_probs, tokens[:, None], -1)[:, 0]
+
+
+def prefill(
+    model: transformer_lib.Transformer,
+    prefix: Array,
+    prefix_lengths: Array,
+    cache_length: int,
+) -> tuple[Array, Array, transformer_lib.KVCache]:
+  """Encodes right-padded prefixes into a fresh cache.
+
+  Args:
+    model: the policy LM.
+    prefix: `[B, P]` token ids, right-padded.
+    prefix_lengths: `[B]` real lengths, each >= 1.
+    cache_length: cache slots (>= P plus the tokens to decode).
+
+  Returns:
+    `(logits [B, V], hidden [B, E])` at each row's last real token, and the
+    cache.
+  """
+  batch = prefix.shape[0]
+  cache = transformer_lib.KVCache.zeros(model.config, batch, cache_length)
+  positions = transformer_lib.default_positions(prefix)
+  hidden, cache = model.hidden(prefix, positions, cache)
+  last = jnp.take_along_axis(hidden, (prefix_lengths - 1)[:, None, None], 1)
+  last = last[:, 0]
+  return model.logits(last), last, cache
+
+
+def _starts_with(tokens: Array, marker: tuple[int, ...]) -> Array:
+  """`[B]` whether each row of `tokens [B, S]` begins with `marker`."""
+  if not marker:
+    return jnp.zeros(tokens.shape[0], bool)
+  return jnp.all(tokens[:, : len(marker)] == jnp.array(marker), axis=-1)
+
+
+def sample_step_with_model(
+    model: transformer_lib.Transformer,
+    prefix: Array,
+    prefix_lengths: Array,
+    keys: Array,
+    config: SamplerConfig,
+) -> StepSamples:
+  """Samples one step per row (un-jitted; see `sample_step`).
+
+  Args:
+    model: the policy LM.
+    prefix: `[B, P]` token ids, right-padded.
+    prefix_lengths: `[B]` real prefix lengths (>= 1).
+    keys: `[B]` PRNG keys, one per row.
+    config: sampling settings.
+  """
+  batch, prefix_len = prefix.shape
+  max_len = config.max_step_len
+  logits, hidden, cache = prefill(
+      model, prefix, prefix_lengths, prefix_len + max_len
+  )
+  first, first_logp = _sample_token(logits, keys, jnp.int32(0), config)
+  end_ids = jnp.array(config.end_token_ids or (-1,), jnp.int32)
+  tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(first)
+  state = dict(
+      index=jnp.int32(0),  # decode iterations done
+      tokens=tokens,
+      lengths=jnp.ones(batch, jnp.int32),
+      done=jnp.zeros(batch, bool),
+      log_prob=first_logp,
+      last_hidden=hidden,
+      cache=cache,
+  )
+
+  def cond(s):
+    return ~jnp.all(s["done"])
+
+  def body(s):
+    # Feed each active row's newest token (its position is prefix + len - 1).
+    newest = jnp.take_along_axis(s["tokens"], s["lengths"][:, None] - 1, 1)
+    positions = (prefix_lengths + s["lengths"] - 1)[:, None]
+    h, cache = model.hidden(newest, positions, s["cache"])
+    h = h[:, 0]
+    active = ~s["done"]
+    last_hidden = jnp.where(active[:, None], h, s["last_hidden"])
+    ended = jnp.isin(newest[:, 0], end_ids) | (s["lengths"] >= max_len)
+    grow = active & ~ended
+    nxt, logp = _sample_token(model.logits(h), keys, s["index"] + 1, config)
+    slot = jnp.minimum(s["lengths"], max_len - 1)
+    rows = jnp.arange(batch)
+    tokens = s["tokens"].at[rows, slot].set(
+        jnp.where(grow, nxt, s["tokens"][rows, slot])
+    )
+    return dict(
+        index=s["index"] + 1,
+        tokens=tokens,
+        lengths=s["lengths"] + grow,
+        done=s["done"] | ended,
+        log_prob=s["log_prob"] + jnp.where(grow, logp, 0.0),
+        last_hidden=last_hidden,
+        cache=cache,
+    )
+
+  s = jax.lax.while_loop(cond, body, state)
+  last_token = jnp.take_along_axis(s["tokens"], s["lengths"][:, None] - 1, 1)
+  ended_with_eos = (
+      jnp.zeros(batch, bool)
+      if config.eos_token_id is None
+      else last_token[:, 0] == config.eos_token_id
+  )
+  return StepSamples(
+      tokens=s["tokens"],
+      lengths=s["lengths"],
+      ended_with_eos=ended_with_eos,
+      is_final=ended_with_eos | _starts_with(s["tokens"], config.answer_marker_ids),
+      log_prob=s["log_prob"],
+      last_hidden=s["last_hidden"],
+      cache=s["cache"],
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+def sample_step(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prefix: Array,
+    prefix_lengths: Array,
+    keys: Array,
+    config: SamplerConfig,
+) -> StepSamples:
+  """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`."""
+  model = nnx.merge(graphdef, state)
+  return sample_step_with_model(model, prefix, prefix_lengths, keys, config)

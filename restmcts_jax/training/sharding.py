@@ -1,0 +1,60 @@
+"""Logical axis names → mesh axes, in one place.
+
+Model code names the axes of every parameter and of the main activations with
+logical names (`'embed'`, `'heads'`, ...). A rules table maps each logical
+name to a mesh axis (or None: replicated). Outside a mesh everything here is a
+no-op, so the same model code runs on one CPU and on a pod slice.
+"""
+
+from collections.abc import Sequence
+
+import jax
+from flax.core import spmd as flax_spmd
+from jax.sharding import PartitionSpec
+
+LogicalNames = Sequence[str | None]
+
+# Every logical name the model uses; a rules table must cover all of them.
+LOGICAL_AXES = (
+    "batch",
+    "length",
+    "vocab",
+    "embed",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "mlp",
+)
+
+
+def mesh_is_set() -> bool:
+  """True inside `jax.set_mesh(...)` (an abstract mesh with axes)."""
+  return not jax.sharding.get_abstract_mesh().empty
+
+
+def logical_to_spec(names: LogicalNames) -> PartitionSpec:
+  """Maps logical axis names to a `PartitionSpec` through the active rules.
+
+  Names missing from the rules table are replicated.
+  """
+  rules = dict(flax_spmd.get_logical_axis_rules())
+  return PartitionSpec(*(rules.get(n) if n is not None else None for n in names))
+
+
+def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
+  """Constrains an activation's sharding by logical names; no-op off-mesh."""
+  if not mesh_is_set() or not flax_spmd.get_logical_axis_rules():
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+
+
+def complete_rules(
+    rules: Sequence[tuple[str, str | tuple[str, ...] | None]],
+) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  """Adds `(name, None)` for every logical axis the rules leave out.
+
+  Flax keeps an unknown logical name as-is (and then fails to find it on the
+  mesh), so the table handed to `nnx.logical_axis_rules` must be complete.
+  """
+  given = {name for name, _ in rules}
+  return tuple(rules) + tuple((n, None) for n in LOGICAL_AXES if n not in given)

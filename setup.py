@@ -1,0 +1,31 @@
+"""Installs restmcts_jax: `pip install -e '.[test]'`."""
+import pathlib
+
+import setuptools
+
+_ROOT = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+  lines = (_ROOT / name).read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setuptools.setup(
+    name="restmcts_jax",
+    version="0.1.0",
+    description=(
+        "LLM self-training by process-reward-guided tree search (ReST-MCTS*)"
+        " in JAX/Flax."
+    ),
+    long_description=(_ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["restmcts_jax", "restmcts_jax.*"]),
+    install_requires=_requirements("requirements.txt"),
+    extras_require={
+        # torch is pinned to the CPU build: an unpinned torch pulls a multi-GB
+        # GPU build. It is only needed for parity tests and benchmarks.
+        "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0"],
+    },
+)

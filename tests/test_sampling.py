@@ -1,0 +1,181 @@
+"""The step sampler: agrees with a naive full-forward loop, stops where it
+should, is reproducible by key and independent of its batch-mates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from restmcts_jax import sampling
+from restmcts_jax.models import transformer as tl
+from restmcts_jax.models import value_head
+from tests.test_transformer import TINY, _model
+
+STOPS = (5, 9, 17, 33, 40)
+EOS = 2
+
+
+def _prefixes():
+  lengths = np.array([2, 6, 4, 9], np.int32)
+  rng = np.random.default_rng(0)
+  prefix = np.zeros((4, 9), np.int32)
+  for i, n in enumerate(lengths):
+    prefix[i, :n] = rng.integers(3, TINY.vocab_size, n)
+  return jnp.array(prefix), jnp.array(lengths)
+
+
+def _sample(model, prefix, lengths, config, seed=0):
+  graphdef, state = nnx.split(model)
+  keys = jax.random.split(jax.random.key(seed), prefix.shape[0])
+  return sampling.sample_step(graphdef, state, prefix, lengths, keys, config)
+
+
+def _naive_greedy(model, row, config):
+  """One step by re-running the whole sequence for every new token."""
+  seq = list(row)
+  step = []
+  while True:
+    x = jnp.array(seq)[None]
+    logits, _, _ = model(x, tl.default_positions(x))
+    token = int(jnp.argmax(logits[0, -1]))
+    step.append(token)
+    seq.append(token)
+    if token in config.end_token_ids or len(step) == config.max_step_len:
+      return step
+
+
+@pytest.mark.parametrize("max_step_len", [3, 12])
+def test_greedy_step_matches_naive_full_forward_decoding(max_step_len):
+  model = _model()
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=max_step_len, temperature=0.0,
+                                  stop_token_ids=STOPS, eos_token_id=EOS)
+  out = _sample(model, prefix, lengths, config)
+  for i in range(prefix.shape[0]):
+    want = _naive_greedy(model, np.asarray(prefix[i, :lengths[i]]), config)
+    n = int(out.lengths[i])
+    assert n == len(want)
+    assert list(np.asarray(out.tokens[i, :n])) == want
+    assert not np.any(np.asarray(out.tokens[i, n:]))
+  assert int(out.lengths.max()) <= max_step_len
+
+
+def test_last_hidden_and_cache_hold_the_whole_step():
+  model = _model()
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=8, temperature=1.0,
+                                  stop_token_ids=STOPS, eos_token_id=EOS)
+  out = _sample(model, prefix, lengths, config)
+  for i in range(prefix.shape[0]):
+    full = jnp.concatenate([prefix[i, :lengths[i]],
+                            out.tokens[i, :out.lengths[i]]])[None]
+    logits, hidden, _ = model(full, tl.default_positions(full))
+    np.testing.assert_allclose(out.last_hidden[i], hidden[0, -1], atol=1e-5)
+    # Continuing from the returned cache equals the full forward pass.
+    nxt = jnp.array([[7]])
+    pos = jnp.array([[full.shape[1]]])
+    row_cache = jax.tree.map(lambda c: c[i:i + 1], out.cache)
+    cached, _, _ = model(nxt, pos, row_cache)
+    ref, _, _ = model(jnp.concatenate([full, nxt], 1),
+                      tl.default_positions(jnp.concatenate([full, nxt], 1)))
+    np.testing.assert_allclose(cached[0, 0], ref[0, -1], atol=1e-5)
+
+
+def test_stop_reasons_eos_answer_marker_and_max_length():
+  model = _model()
+  prefix, lengths = _prefixes()
+  greedy = sampling.SamplerConfig(max_step_len=6, temperature=0.0)
+  first = _sample(model, prefix, lengths, greedy)
+  # Make row 0's first greedy token the EOS and row 1's the answer marker.
+  eos, marker = int(first.tokens[0, 0]), int(first.tokens[1, 0])
+  if eos == marker:
+    pytest.skip("rows 0 and 1 start with the same token")
+  config = sampling.SamplerConfig(max_step_len=6, temperature=0.0,
+                                  eos_token_id=eos, answer_marker_ids=(marker,))
+  out = _sample(model, prefix, lengths, config)
+  assert int(out.lengths[0]) == 1 and bool(out.ended_with_eos[0])
+  assert bool(out.is_final[0]) and bool(out.is_final[1])
+  assert not bool(out.ended_with_eos[1])
+  # Without any stop token every row runs to max_step_len and is not final.
+  plain = _sample(model, prefix, lengths,
+                  sampling.SamplerConfig(max_step_len=6, temperature=0.0))
+  assert np.all(np.asarray(plain.lengths) == 6)
+  assert not np.any(np.asarray(plain.is_final))
+
+
+def test_sampling_is_determined_by_the_keys_and_independent_of_the_batch():
+  model = _model()
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=10, temperature=1.0, top_k=20,
+                                  stop_token_ids=STOPS, eos_token_id=EOS)
+  a = _sample(model, prefix, lengths, config, seed=3)
+  b = _sample(model, prefix, lengths, config, seed=3)
+  c = _sample(model, prefix, lengths, config, seed=4)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+  # Row 2 alone, with its own key, samples the same step as in the batch.
+  graphdef, state = nnx.split(model)
+  keys = jax.random.split(jax.random.key(3), 4)
+  alone = sampling.sample_step(graphdef, state, prefix[2:3, :lengths[2]],
+                               lengths[2:3], keys[2:3], config)
+  n = int(a.lengths[2])
+  assert int(alone.lengths[0]) == n
+  np.testing.assert_array_equal(alone.tokens[0, :n], a.tokens[2, :n])
+  np.testing.assert_allclose(alone.log_prob[0], a.log_prob[2], rtol=1e-5)
+
+
+def test_first_token_frequencies_follow_the_tempered_distribution():
+  model = _model()
+  n = 4000
+  prefix = jnp.tile(jnp.array([[3, 4, 5, 6]]), (n, 1))
+  lengths = jnp.full((n,), 4)
+  config = sampling.SamplerConfig(max_step_len=1, temperature=0.8)
+  out = _sample(model, prefix, lengths, config)
+  logits, _, _ = model(prefix[:1], tl.default_positions(prefix[:1]))
+  probs = np.asarray(jax.nn.softmax(logits[0, -1] / 0.8))
+  freq = np.bincount(np.asarray(out.tokens[:, 0]), minlength=TINY.vocab_size) / n
+  # 4 standard errors of a binomial frequency, per token.
+  tol = 4 * np.sqrt(probs * (1 - probs) / n) + 1e-3
+  assert np.all(np.abs(freq - probs) <= tol)
+  np.testing.assert_allclose(
+      out.log_prob, np.log(probs[np.asarray(out.tokens[:, 0])]), rtol=1e-4)
+
+
+def test_filter_logits_top_k_and_top_p_by_hand():
+  logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
+  kept = lambda x: np.asarray(x > -1e30)[0].tolist()
+  assert kept(sampling.filter_logits(logits, 2, 1.0)) == [False, True, False, True]
+  # Smallest set with mass >= 0.7: {0.5, 0.3}; with mass >= 0.9: add 0.15.
+  assert kept(sampling.filter_logits(logits, 0, 0.7)) == [False, True, False, True]
+  assert kept(sampling.filter_logits(logits, 0, 0.9)) == [False, True, True, True]
+  assert kept(sampling.filter_logits(logits, 0, 0.4)) == [False, True, False, False]
+
+
+def test_top_k_one_is_greedy():
+  model = _model()
+  prefix, lengths = _prefixes()
+  kw = dict(max_step_len=8, stop_token_ids=STOPS, eos_token_id=EOS)
+  greedy = _sample(model, prefix, lengths,
+                   sampling.SamplerConfig(temperature=0.0, **kw))
+  top1 = _sample(model, prefix, lengths,
+                 sampling.SamplerConfig(temperature=1.3, top_k=1, **kw))
+  np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+
+
+def test_shared_value_head_reads_the_samplers_last_hidden():
+  policy = _model()
+  vm = value_head.make_value_model(policy, share_backbone=True,
+                                   rngs=nnx.Rngs(1))
+  vm.head.kernel.set_value(jax.random.normal(jax.random.key(0), (TINY.embed_dim,)))
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=8, temperature=1.0,
+                                  stop_token_ids=STOPS, eos_token_id=EOS)
+  out = _sample(policy, prefix, lengths, config)
+  width = prefix.shape[1] + config.max_step_len
+  rows = np.zeros((4, width), np.int32)
+  for i in range(4):
+    seq = np.concatenate([prefix[i, :lengths[i]], out.tokens[i, :out.lengths[i]]])
+    rows[i, :len(seq)] = seq
+  values = vm(jnp.array(rows), lengths + out.lengths)
+  np.testing.assert_allclose(vm.head(out.last_hidden), values, atol=1e-5)

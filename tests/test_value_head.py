@@ -1,0 +1,55 @@
+"""The value head: a value in (0, 1) read at the last real token."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from restmcts_jax.models import value_head
+from tests.test_transformer import TINY, _model
+
+
+def _value_model(share_backbone=False):
+  policy = _model()
+  vm = value_head.make_value_model(policy, share_backbone=share_backbone,
+                                   rngs=nnx.Rngs(5))
+  vm.head.kernel.set_value(
+      2.0 * jax.random.normal(jax.random.key(1), (TINY.embed_dim,)))
+  vm.head.bias.set_value(jnp.array(0.3))
+  return policy, vm
+
+
+def test_values_are_read_at_the_last_real_token_of_each_padded_row():
+  _, vm = _value_model()
+  seqs = [[3, 8, 1], [4, 4, 9, 10, 11, 2], [7]]
+  padded = np.zeros((3, 8), np.int32)
+  for i, s in enumerate(seqs):
+    padded[i, :len(s)] = s
+  values = vm(jnp.array(padded), jnp.array([len(s) for s in seqs]))
+  assert values.shape == (3,)
+  assert np.all((np.asarray(values) > 0) & (np.asarray(values) < 1))
+  for i, s in enumerate(seqs):
+    alone = vm(jnp.array([s]), jnp.array([len(s)]))
+    np.testing.assert_allclose(values[i], alone[0], atol=1e-6)
+  # Different prefixes get different values (the head is not constant).
+  assert len(set(np.round(np.asarray(values), 6))) == 3
+
+
+def test_value_is_sigmoid_of_linear_head_on_final_hidden_state():
+  _, vm = _value_model()
+  tokens = jnp.array([[5, 6, 7, 8]])
+  hidden, _ = vm.backbone.hidden(tokens, jnp.arange(4)[None])
+  expected = jax.nn.sigmoid(hidden[0, -1] @ vm.head.kernel[...] + 0.3)
+  np.testing.assert_allclose(vm(tokens, jnp.array([4]))[0], expected, rtol=1e-6)
+
+
+def test_shared_backbone_is_the_policy_and_separate_backbone_is_not():
+  policy, shared = _value_model(share_backbone=True)
+  _, separate = _value_model(share_backbone=False)
+  assert shared.backbone is policy
+  assert separate.backbone is not policy
+  # Splitting policy + shared value model stores the backbone once.
+  _, state = nnx.split((policy, shared))
+  n_shared = len(jax.tree.leaves(state))
+  _, state = nnx.split((policy, separate))
+  assert len(jax.tree.leaves(state)) == 2 * n_shared - 2
