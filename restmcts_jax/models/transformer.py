@@ -75,10 +75,10 @@ class KVCache:
   @classmethod
   def zeros(cls, config: TransformerConfig, batch: int, length: int):
     shape = (batch, config.num_kv_heads, length, config.head_dim)
-    zeros = tuple(
-        jnp.zeros(shape, config.dtype) for _ in range(config.num_layers)
-    )
-    return cls(k=zeros, v=zeros)
+    # Distinct buffers for every layer and for k and v, so they can be donated.
+    zeros = lambda: tuple(
+        jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return cls(k=zeros(), v=zeros())
 
   @property
   def length(self) -> int:
