@@ -51,6 +51,23 @@ class SamplerConfig:
   eos_token_id: int | None = None
   answer_marker_ids: tuple[int, ...] = ()
 
+  def __post_init__(self):
+    problems = []
+    if self.max_step_len < 1:
+      problems.append(f"max_step_len={self.max_step_len} must be >= 1")
+    if self.temperature < 0:
+      problems.append(f"temperature={self.temperature} must be >= 0")
+    if self.top_k < 0:
+      problems.append(f"top_k={self.top_k} must be >= 0")
+    if not 0 < self.top_p <= 1:
+      problems.append(f"top_p={self.top_p} must be in (0, 1]")
+    if len(self.answer_marker_ids) > self.max_step_len:
+      problems.append(
+          f"answer_marker_ids has {len(self.answer_marker_ids)} tokens, more "
+          f"than max_step_len={self.max_step_len}")
+    if problems:
+      raise ValueError("SamplerConfig: " + "; ".join(problems))
+
   @property
   def end_token_ids(self) -> tuple[int, ...]:
     eos = () if self.eos_token_id is None else (self.eos_token_id,)
@@ -69,7 +86,6 @@ class StepSamples:
     log_prob: `[B]` sum of the sampled tokens' log-probabilities (under the
       filtered, temperature-scaled distribution; the plain one for greedy).
     last_hidden: `[B, E]` final hidden state at the step's last token.
-    cache: KV cache holding prefix + step, slot = position.
   """
 
   tokens: Array
@@ -78,7 +94,6 @@ class StepSamples:
   is_final: Array
   log_prob: Array
   last_hidden: Array
-  cache: transformer_lib.KVCache
 
 
 def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
@@ -134,8 +149,7 @@ def prefill(
   cache = transformer_lib.KVCache.zeros(model.config, batch, cache_length)
   positions = transformer_lib.default_positions(prefix)
   hidden, cache = model.hidden(prefix, positions, cache)
-  last = jnp.take_along_axis(hidden, (prefix_lengths - 1)[:, None, None], 1)
-  last = last[:, 0]
+  last = transformer_lib.last_token_hidden(hidden, prefix_lengths)
   return model.logits(last), last, cache
 
 
@@ -152,7 +166,7 @@ def sample_step_with_model(
     prefix_lengths: Array,
     keys: Array,
     config: SamplerConfig,
-) -> StepSamples:
+) -> tuple[StepSamples, transformer_lib.KVCache]:
   """Samples one step per row (un-jitted; see `sample_step`).
 
   Args:
@@ -161,6 +175,9 @@ def sample_step_with_model(
     prefix_lengths: `[B]` real prefix lengths (>= 1).
     keys: `[B]` PRNG keys, one per row.
     config: sampling settings.
+
+  Returns:
+    The samples and the KV cache holding prefix + step (slot = position).
   """
   batch, prefix_len = prefix.shape
   max_len = config.max_step_len
@@ -216,15 +233,17 @@ def sample_step_with_model(
       if config.eos_token_id is None
       else last_token[:, 0] == config.eos_token_id
   )
-  return StepSamples(
+  has_marker = _starts_with(s["tokens"], config.answer_marker_ids) & (
+      s["lengths"] >= len(config.answer_marker_ids))
+  samples = StepSamples(
       tokens=s["tokens"],
       lengths=s["lengths"],
       ended_with_eos=ended_with_eos,
-      is_final=ended_with_eos | _starts_with(s["tokens"], config.answer_marker_ids),
+      is_final=ended_with_eos | has_marker,
       log_prob=s["log_prob"],
       last_hidden=s["last_hidden"],
-      cache=s["cache"],
   )
+  return samples, s["cache"]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))
@@ -236,6 +255,7 @@ def sample_step(
     keys: Array,
     config: SamplerConfig,
 ) -> StepSamples:
-  """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`."""
+  """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`,
+  without the cache."""
   model = nnx.merge(graphdef, state)
-  return sample_step_with_model(model, prefix, prefix_lengths, keys, config)
+  return sample_step_with_model(model, prefix, prefix_lengths, keys, config)[0]

@@ -73,6 +73,17 @@ class Tokenizer(abc.ABC):
       raise ValueError(f"{piece!r} is not a single token: it encodes to {ids}.")
     return ids[0]
 
+  def step_delimiter_ids(self, delimiter: str = "\n") -> tuple[int, ...]:
+    """Every id whose text contains `delimiter`: the sampler's stop tokens.
+
+    BPE vocabularies merge the newline with neighbours (`"\n\n"`, `".\n"`),
+    so stopping at the plain newline token alone would run past most line
+    ends. Scans the whole vocabulary once.
+    """
+    special = {self.pad_id, self.bos_id, self.eos_id}
+    return tuple(i for i in range(self.vocab_size)
+                 if i not in special and delimiter in self.decode([i]))
+
   def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
     if add_bos:
       if self.bos_id is None:

@@ -341,3 +341,33 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
   np.testing.assert_array_equal(
       reloaded.embedding[...], model.embedding[...].astype(jnp.bfloat16)
   )
+
+
+def test_save_over_a_checkpoint_keeps_its_other_files(tmp_path):
+  model = _random_model(hf_io.config_from_hf(_llama_config()))
+  folder = tmp_path / "ckpt"
+  folder.mkdir()
+  (folder / "tokenizer.json").write_text("{}")
+  (folder / "model-00001-of-00002.safetensors").write_text("stale")
+  (folder / "model.safetensors.index.json").write_text("{}")
+  hf_io.save_hf_checkpoint(model, folder)
+  names = sorted(p.name for p in folder.iterdir())
+  assert names == ["config.json", "model.safetensors", "tokenizer.json"]
+  assert (folder / "tokenizer.json").read_text() == "{}"
+
+
+def test_load_under_a_mesh_places_parameters_sharded(tmp_path):
+  from jax.sharding import AxisType, PartitionSpec
+  from restmcts_jax.training import sharding
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 simulated devices")
+  model = _random_model(hf_io.config_from_hf(_llama_config()))
+  hf_io.save_hf_checkpoint(model, tmp_path / "ckpt")
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"),
+                       axis_types=(AxisType.Auto,) * 2)
+  rules = sharding.complete_rules([("embed", "fsdp"), ("mlp", "tensor")])
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    loaded = hf_io.load_hf_checkpoint(tmp_path / "ckpt")
+  gate = loaded.layers[0].mlp.gate_proj[...]
+  assert gate.sharding.spec == PartitionSpec("fsdp", "tensor")
+  np.testing.assert_array_equal(gate, model.layers[0].mlp.gate_proj[...])

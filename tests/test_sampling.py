@@ -66,7 +66,9 @@ def test_last_hidden_and_cache_hold_the_whole_step():
   prefix, lengths = _prefixes()
   config = sampling.SamplerConfig(max_step_len=8, temperature=1.0,
                                   stop_token_ids=STOPS, eos_token_id=EOS)
-  out = _sample(model, prefix, lengths, config)
+  keys = jax.random.split(jax.random.key(0), prefix.shape[0])
+  out, cache = jax.jit(sampling.sample_step_with_model, static_argnums=4)(
+      model, prefix, lengths, keys, config)
   for i in range(prefix.shape[0]):
     full = jnp.concatenate([prefix[i, :lengths[i]],
                             out.tokens[i, :out.lengths[i]]])[None]
@@ -75,7 +77,7 @@ def test_last_hidden_and_cache_hold_the_whole_step():
     # Continuing from the returned cache equals the full forward pass.
     nxt = jnp.array([[7]])
     pos = jnp.array([[full.shape[1]]])
-    row_cache = jax.tree.map(lambda c: c[i:i + 1], out.cache)
+    row_cache = jax.tree.map(lambda c: c[i:i + 1], cache)
     cached, _, _ = model(nxt, pos, row_cache)
     ref, _, _ = model(jnp.concatenate([full, nxt], 1),
                       tl.default_positions(jnp.concatenate([full, nxt], 1)))
@@ -89,8 +91,7 @@ def test_stop_reasons_eos_answer_marker_and_max_length():
   first = _sample(model, prefix, lengths, greedy)
   # Make row 0's first greedy token the EOS and row 1's the answer marker.
   eos, marker = int(first.tokens[0, 0]), int(first.tokens[1, 0])
-  if eos == marker:
-    pytest.skip("rows 0 and 1 start with the same token")
+  assert eos != marker, "pick rows whose greedy first tokens differ"
   config = sampling.SamplerConfig(max_step_len=6, temperature=0.0,
                                   eos_token_id=eos, answer_marker_ids=(marker,))
   out = _sample(model, prefix, lengths, config)
@@ -140,6 +141,33 @@ def test_first_token_frequencies_follow_the_tempered_distribution():
   assert np.all(np.abs(freq - probs) <= tol)
   np.testing.assert_allclose(
       out.log_prob, np.log(probs[np.asarray(out.tokens[:, 0])]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 5), (0.0, 0)])
+def test_log_prob_is_the_sum_over_the_step_of_the_sampling_distribution(
+    temperature, top_k):
+  model = _model()
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=6, temperature=temperature,
+                                  top_k=top_k, stop_token_ids=STOPS,
+                                  eos_token_id=EOS)
+  out = _sample(model, prefix, lengths, config)
+  for i in range(prefix.shape[0]):
+    step = out.tokens[i, :out.lengths[i]]
+    full = jnp.concatenate([prefix[i, :lengths[i]], step])[None]
+    logits = model(full, tl.default_positions(full))[0][0]
+    logits = logits[lengths[i] - 1:-1] / (temperature or 1.0)
+    logits = sampling.filter_logits(logits, top_k, 1.0)
+    want = jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                       step[:, None], -1))
+    np.testing.assert_allclose(out.log_prob[i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_config_rejects_bad_settings():
+  for bad in [dict(top_p=0.0), dict(temperature=-1.0), dict(top_k=-2),
+              dict(max_step_len=2, answer_marker_ids=(1, 2, 3))]:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      sampling.SamplerConfig(**bad)
 
 
 def test_filter_logits_top_k_and_top_p_by_hand():

@@ -266,3 +266,34 @@ def test_load_tokenizer_missing_or_unknown(tmp_path):
   vocab.write_text("a\n")
   with pytest.raises(ValueError, match="vocab.txt"):
     tokenizer_lib.load_tokenizer(vocab)
+
+
+def test_step_delimiters_include_merged_newline_tokens(tmp_path):
+  """A BPE that merged "\\n\\n" must stop a step at that token too."""
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=300, special_tokens=["</s>"], show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(["step one\nAnswer: 24\n\n"] * 50, trainer)
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token="</s>").save_pretrained(tmp_path)
+  hf = tokenizer_lib.HFTokenizer(tmp_path)
+  double = hf.encode("\n\n")
+  assert len(double) == 1  # merged into one token
+  delimiters = hf.step_delimiter_ids()
+  assert double[0] in delimiters and hf.token_id("\n") in delimiters
+  assert hf.eos_id not in delimiters
+  for i in delimiters:
+    assert "\n" in hf.decode([i])
+  ids = hf.encode("step one\nAnswer: 24\n\n")
+  assert ids[-1] == double[0]
+  assert sum(i in delimiters for i in ids) == 2
+
+
+def test_sp_step_delimiters_are_the_newline_and_its_byte_piece(sp_tok):
+  delimiters = sp_tok.step_delimiter_ids()
+  assert sp_tok.token_id("\n") in delimiters
+  assert [sp_tok.decode([i]) for i in delimiters] == ["\n"] * len(delimiters)
+  assert len(delimiters) == 2  # the symbol and the byte-fallback <0x0A>

@@ -123,7 +123,9 @@ def test_bf16_compute_is_close_to_f32():
   ref = model(tokens, pos)[0]
   low, hidden, _ = bf16(tokens, pos)
   assert hidden.dtype == jnp.bfloat16 and low.dtype == jnp.float32
-  assert float(jnp.max(jnp.abs(low - ref))) < 0.1 * float(jnp.max(jnp.abs(ref)))
+  assert float(jnp.max(jnp.abs(low - ref))) < 0.03 * float(jnp.max(jnp.abs(ref)))
+  # Greedy choices mostly survive bf16 rounding.
+  assert float(jnp.mean(low.argmax(-1) == ref.argmax(-1))) >= 0.8
 
 
 def test_tied_embeddings_use_the_embedding_matrix():
@@ -159,11 +161,14 @@ def test_sharded_forward_equals_single_device(mesh_shape):
       ("batch", "fsdp"), ("embed", "fsdp"), ("mlp", "tensor"),
       ("heads", "tensor"), ("kv_heads", "tensor"), ("vocab", "tensor")])
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    model = tl.Transformer(config, rngs=nnx.Rngs(0))
-    nnx.update(model, nnx.state(_model(config)))
-    graphdef, state = nnx.split(model)
-    specs = nnx.get_partition_spec(state)
-    assert specs["layers"][0]["mlp"]["gate_proj"].get_value() == jax.sharding.PartitionSpec("fsdp", "tensor")
+    graphdef, state = nnx.split(tl.Transformer(config, rngs=nnx.Rngs(0)))
+    # The same random values as the single-device model, placed sharded.
+    state = jax.device_put(nnx.state(_model(config)),
+                           nnx.get_named_sharding(state, mesh))
+    gate = state["layers"][0]["mlp"]["gate_proj"][...]
+    assert gate.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert gate.addressable_shards[0].data.shape == (
+        config.embed_dim // mesh_shape[0], config.mlp_dim // mesh_shape[1])
 
     @jax.jit
     def forward(state, tokens):

@@ -48,6 +48,13 @@ def test_shared_backbone_is_the_policy_and_separate_backbone_is_not():
   _, separate = _value_model(share_backbone=False)
   assert shared.backbone is policy
   assert separate.backbone is not policy
+  # The separate backbone starts as a copy of the policy's weights.
+  for a, b in zip(jax.tree.leaves(nnx.state(policy)),
+                  jax.tree.leaves(nnx.state(separate.backbone))):
+    np.testing.assert_array_equal(a, b)
+  separate.backbone.embedding.set_value(separate.backbone.embedding[...] + 1)
+  assert not np.array_equal(policy.embedding[...],
+                            separate.backbone.embedding[...])
   # Splitting policy + shared value model stores the backbone once.
   _, state = nnx.split((policy, shared))
   n_shared = len(jax.tree.leaves(state))

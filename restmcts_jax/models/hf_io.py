@@ -24,6 +24,7 @@ import safetensors.numpy
 from flax import nnx
 
 from restmcts_jax.models.transformer import Transformer, TransformerConfig
+from restmcts_jax.training import sharding
 
 Array = jax.Array
 
@@ -247,7 +248,9 @@ def load_hf_checkpoint(
               f"tensor {hf!r} in {path} has shape {tuple(tensor.shape)}, "
               f"expected {expected}"
           )
-        var.set_value(transform.to_ours(tensor, shape).astype(param_dtype))
+        value = transform.to_ours(tensor, shape).astype(param_dtype)
+        # Inside `jax.set_mesh` + logical rules, lands sharded.
+        var.set_value(sharding.place(value, var.get_metadata()["out_sharding"]))
   return model
 
 
@@ -337,6 +340,14 @@ def save_hf_checkpoint(
     safetensors.numpy.save_file(tensors, tmp / _WEIGHTS,
                                 metadata={"format": "pt"})
     if folder.exists():  # Swap by renames; the old copy goes last.
+      # Keep what this function does not write (tokenizer files, ...), except
+      # stale weights, which the new config would not match.
+      for extra in folder.iterdir():
+        stale = extra.name.startswith("model") and extra.name.endswith(
+            (".safetensors", ".safetensors.index.json"))
+        if not (tmp / extra.name).exists() and not stale:
+          copy = shutil.copytree if extra.is_dir() else shutil.copy2
+          copy(extra, tmp / extra.name)
       old = tmp.with_name(tmp.name + ".old")
       folder.rename(old)
       tmp.rename(folder)

@@ -221,8 +221,9 @@ class Attention(nnx.Module):
     groups = c.num_heads // c.num_kv_heads
     q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
     q = q.transpose(0, 2, 3, 1, 4).reshape(b, c.num_kv_heads, groups * t, -1)
-    logits = jnp.einsum("bkmd,bksd->bkms", q, keys.astype(q.dtype))
-    logits = logits.astype(jnp.float32) / math.sqrt(c.head_dim)
+    logits = jnp.einsum("bkmd,bksd->bkms", q, keys.astype(q.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(c.head_dim)
     logits = logits.reshape(b, c.num_kv_heads, groups, t, -1)
     visible = key_positions[:, None, :] <= positions[:, :, None]  # [B, T, S]
     logits = jnp.where(visible[:, None, None], logits,
@@ -331,12 +332,17 @@ class Transformer(nnx.Module):
       kernel = self.embedding[...].astype(c.dtype).T
     else:
       kernel = self.lm_head[...].astype(c.dtype)
-    return (hidden @ kernel).astype(jnp.float32)
+    return jnp.matmul(hidden, kernel, preferred_element_type=jnp.float32)
 
   def __call__(self, tokens, positions, cache=None):
     """Returns `(logits [B, T, V], hidden [B, T, E], cache)`."""
     hidden, cache = self.hidden(tokens, positions, cache)
     return self.logits(hidden), hidden, cache
+
+
+def last_token_hidden(hidden: Array, lengths: Array) -> Array:
+  """`[B, E]` hidden state at each right-padded row's last real token."""
+  return jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], 1)[:, 0]
 
 
 def default_positions(tokens: Array) -> Array:

@@ -49,8 +49,7 @@ class ValueModel(nnx.Module):
     """
     positions = transformer_lib.default_positions(tokens)
     hidden, _ = self.backbone.hidden(tokens, positions)
-    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], 1)[:, 0]
-    return self.head(last)
+    return self.head(transformer_lib.last_token_hidden(hidden, lengths))
 
 
 def make_value_model(
@@ -59,9 +58,8 @@ def make_value_model(
     share_backbone: bool,
     rngs: nnx.Rngs,
 ) -> ValueModel:
-  """A value model on the policy's own backbone, or on a fresh backbone of the
-  same architecture (`share_backbone=False`)."""
-  if share_backbone:
-    return ValueModel(policy, rngs=rngs)
-  return ValueModel(transformer_lib.Transformer(policy.config, rngs=rngs),
-                    rngs=rngs)
+  """A value model on the policy's own backbone, or on a copy of it
+  (`share_backbone=False`): the process reward model starts from the policy's
+  weights either way; only the head is new."""
+  backbone = policy if share_backbone else nnx.clone(policy)
+  return ValueModel(backbone, rngs=rngs)

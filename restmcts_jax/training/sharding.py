@@ -33,12 +33,17 @@ def mesh_is_set() -> bool:
 
 
 def logical_to_spec(names: LogicalNames) -> PartitionSpec:
-  """Maps logical axis names to a `PartitionSpec` through the active rules.
+  """Maps logical axis names to a `PartitionSpec` through the active rules
+  (the same mapping flax applies to annotated parameters)."""
+  return flax_spmd.get_pspec(PartitionSpec(*names))
 
-  Names missing from the rules table are replicated.
-  """
-  rules = dict(flax_spmd.get_logical_axis_rules())
-  return PartitionSpec(*(rules.get(n) if n is not None else None for n in names))
+
+def place(x: jax.Array, names: LogicalNames) -> jax.Array:
+  """Puts a concrete array on the active mesh by logical names; off-mesh,
+  returns it unchanged."""
+  if not mesh_is_set():
+    return x
+  return jax.device_put(x, logical_to_spec(names))
 
 
 def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
