@@ -166,24 +166,36 @@ def sample_step_with_model(
     prefix_lengths: Array,
     keys: Array,
     config: SamplerConfig,
+    num_samples: int = 1,
 ) -> tuple[StepSamples, transformer_lib.KVCache]:
-  """Samples one step per row (un-jitted; see `sample_step`).
+  """Samples `num_samples` steps per prefix (un-jitted; see `sample_step`).
+
+  Each prefix is prefilled once and its cache tiled over its samples: the
+  prefix usually costs more than the short step that follows it.
 
   Args:
     model: the policy LM.
     prefix: `[B, P]` token ids, right-padded.
     prefix_lengths: `[B]` real prefix lengths (>= 1).
-    keys: `[B]` PRNG keys, one per row.
+    keys: `[B * num_samples]` PRNG keys, one per output row.
     config: sampling settings.
+    num_samples: steps per prefix; output row `i * num_samples + j` is
+      sample `j` of prefix `i`.
 
   Returns:
-    The samples and the KV cache holding prefix + step (slot = position).
+    The samples (`B * num_samples` rows) and the KV cache holding prefix +
+    step (slot = position).
   """
-  batch, prefix_len = prefix.shape
+  prefix_len = prefix.shape[1]
   max_len = config.max_step_len
   logits, hidden, cache = prefill(
       model, prefix, prefix_lengths, prefix_len + max_len
   )
+  tile = lambda x: jnp.repeat(x, num_samples, axis=0)
+  logits, hidden, prefix_lengths = tile(logits), tile(hidden), tile(
+      prefix_lengths)
+  cache = jax.tree.map(tile, cache)
+  batch = logits.shape[0]
   first, first_logp = _sample_token(logits, keys, jnp.int32(0), config)
   end_ids = jnp.array(config.end_token_ids or (-1,), jnp.int32)
   tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(first)
@@ -246,7 +258,8 @@ def sample_step_with_model(
   return samples, s["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+@functools.partial(jax.jit,
+                   static_argnames=("graphdef", "config", "num_samples"))
 def sample_step(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -254,8 +267,10 @@ def sample_step(
     prefix_lengths: Array,
     keys: Array,
     config: SamplerConfig,
+    num_samples: int = 1,
 ) -> StepSamples:
   """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`,
   without the cache."""
   model = nnx.merge(graphdef, state)
-  return sample_step_with_model(model, prefix, prefix_lengths, keys, config)[0]
+  return sample_step_with_model(model, prefix, prefix_lengths, keys, config,
+                                num_samples)[0]

@@ -207,3 +207,22 @@ def test_shared_value_head_reads_the_samplers_last_hidden():
     rows[i, :len(seq)] = seq
   values = vm(jnp.array(rows), lengths + out.lengths)
   np.testing.assert_allclose(vm.head(out.last_hidden), values, atol=1e-5)
+
+
+def test_tiled_samples_equal_sampling_repeated_prefixes():
+  """Prefilling once and tiling the cache == prefilling every copy."""
+  model = _model()
+  prefix, lengths = _prefixes()
+  config = sampling.SamplerConfig(max_step_len=8, temperature=1.0,
+                                  stop_token_ids=STOPS, eos_token_id=EOS)
+  graphdef, state = nnx.split(model)
+  keys = jax.random.split(jax.random.key(9), 12)
+  tiled = sampling.sample_step(graphdef, state, prefix, lengths, keys, config,
+                               num_samples=3)
+  repeated = sampling.sample_step(graphdef, state, jnp.repeat(prefix, 3, 0),
+                                  jnp.repeat(lengths, 3), keys, config)
+  np.testing.assert_array_equal(tiled.tokens, repeated.tokens)
+  np.testing.assert_array_equal(tiled.lengths, repeated.lengths)
+  np.testing.assert_allclose(tiled.log_prob, repeated.log_prob, rtol=1e-5)
+  # The three samples of one prefix differ (different keys).
+  assert len({tuple(np.asarray(t)) for t in tiled.tokens[:3]}) > 1

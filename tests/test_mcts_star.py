@@ -1,0 +1,157 @@
+"""MCTS* on batched trees: invariants on random searches, batch
+independence, masking of finished rows, and a search driven by real LMs."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+
+from restmcts_jax import sampling
+from restmcts_jax.models import value_head
+from restmcts_jax.search import mcts_star
+from tests import toy_models
+from tests.test_transformer import TINY, _model
+
+CONFIGS = [
+    mcts_star.MCTSConfig(num_iterations=8, branch=3, roll_branch=2,
+                         roll_forward_steps=2, max_depth=5, max_step_len=2,
+                         stop_at_end_gate=False),
+    mcts_star.MCTSConfig(num_iterations=10, branch=2, roll_branch=1,
+                         roll_forward_steps=3, max_depth=4, max_step_len=2,
+                         exploration=0.5, unvisited_bonus=0.9, end_gate=0.8),
+]
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _toy_search(questions, lengths, keys, config):
+  return mcts_star.search(toy_models.policy_fn, toy_models.value_fn,
+                          questions, lengths, keys, config)
+
+
+def _questions(rows):
+  width = max(map(len, rows))
+  q = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    q[i, :len(r)] = r
+  return jnp.array(q), jnp.array([len(r) for r in rows])
+
+
+def _run(rows, config, seed=0):
+  q, ql = _questions(rows)
+  return _toy_search(q, ql, jax.random.split(jax.random.key(seed), len(rows)),
+                     config)
+
+
+def _check_invariants(result, config):
+  t = jax.tree.map(np.asarray, result.tree)
+  for b in range(t.parent.shape[0]):
+    n = t.num_nodes[b]
+    value, visits = t.value[b], t.visits[b]
+    assert np.all((value[:n] >= 0) & (value[:n] <= 1))
+    assert np.all(t.depth[b, 1:n] == t.depth[b, t.parent[b, 1:n]] + 1)
+    assert np.all(t.parent[b, 1:n] < np.arange(1, n))  # a tree: no cycles
+    assert np.all(t.depth[b, :n] <= config.max_depth)
+    assert visits[0] == result.iterations[b]
+    for p in range(n):
+      kids = t.children[b, p][t.children[b, p] >= 0]
+      assert np.all(t.parent[b, kids] == p)
+      if len(kids):
+        # Back-ups through p reach exactly one child each; p may also have
+        # had its own rollout visit when it was created.
+        assert visits[p] - visits[kids].sum() in ((0,) if p == 0 else (0, 1))
+        if visits[kids].sum():
+          mean = (visits[kids] * value[kids]).sum() / visits[kids].sum()
+          np.testing.assert_allclose(value[p], mean, rtol=1e-5, atol=1e-6)
+        assert not t.final[b, p]
+    assert np.all(t.parent[b, n:] == -1) and np.all(visits[n:] == 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=4),
+                min_size=3, max_size=3),
+       st.sampled_from(range(len(CONFIGS))))
+def test_random_searches_keep_tree_invariants(rows, config_index):
+  config = CONFIGS[config_index]
+  result = _run(rows, config)
+  _check_invariants(result, config)
+  gate = np.asarray(result.passed_gate)
+  values = np.asarray(result.tree.value)
+  answers = np.asarray(result.answer_node)
+  for b in range(3):
+    if gate[b]:
+      assert values[b, answers[b]] >= config.end_gate
+    else:
+      assert result.iterations[b] == config.num_iterations
+      n = int(result.tree.num_nodes[b])
+      assert values[b, answers[b]] == values[b, 1:n].max()
+
+
+def test_a_question_does_not_depend_on_its_batch_mates():
+  rows = [[3, 4], [5, 1, 2], [9], [7, 7, 7, 1]]
+  for config in CONFIGS:
+    batch = _run(rows, config)
+    for i, row in enumerate(rows):
+      alone = _run([row], config)
+      q = jax.tree.map(lambda x: x[i:i + 1], batch)
+      for name in ("parent", "children", "visits", "step_tokens"):
+        np.testing.assert_array_equal(getattr(q.tree, name),
+                                      getattr(alone.tree, name), err_msg=name)
+      np.testing.assert_array_equal(q.answer_node, alone.answer_node)
+      np.testing.assert_array_equal(q.policy_tokens, alone.policy_tokens)
+
+
+def test_finished_rows_are_masked():
+  """A row that stopped at the gate is not touched by later iterations."""
+  config = CONFIGS[1]
+  rows = [[i, i + 1] for i in range(1, 13)]
+  short = _run(rows, config)
+  longer = _run(rows, mcts_star.MCTSConfig(
+      **{**config.__dict__, "num_iterations": 30}))
+  stopped = np.asarray(short.passed_gate)
+  assert stopped.any() and not stopped.all()
+  for name in ("visits", "value", "parent"):
+    a = np.asarray(getattr(short.tree, name))
+    b = np.asarray(getattr(longer.tree, name))[:, :a.shape[1]]
+    np.testing.assert_array_equal(a[stopped], b[stopped], err_msg=name)
+  np.testing.assert_array_equal(np.asarray(short.iterations)[stopped],
+                                np.asarray(longer.iterations)[stopped])
+
+
+def test_token_budget_stops_a_question():
+  budget = mcts_star.MCTSConfig(**{**CONFIGS[0].__dict__, "token_budget": 12})
+  result = _run([[3, 4], [5, 1, 2]], budget)
+  assert np.all(np.asarray(result.iterations) < CONFIGS[0].num_iterations)
+  # It stops at the first iteration that starts with the budget spent.
+  assert np.all(np.asarray(result.policy_tokens) >= 12)
+
+
+def test_search_with_language_models():
+  policy = _model()
+  value_model = value_head.make_value_model(policy, share_backbone=False,
+                                            rngs=nnx.Rngs(3))
+  value_model.head.kernel.set_value(
+      jax.random.normal(jax.random.key(1), (TINY.embed_dim,)))
+  graphdef, state = nnx.split((policy, value_model))
+  config = mcts_star.MCTSConfig(num_iterations=5, branch=3, roll_branch=2,
+                                roll_forward_steps=2, max_depth=4,
+                                max_step_len=6, stop_at_end_gate=False)
+  sampler_config = sampling.SamplerConfig(
+      max_step_len=6, temperature=1.0, stop_token_ids=(5, 9, 17, 33),
+      eos_token_id=2, answer_marker_ids=(40,))
+  q, ql = _questions([[3, 4, 10], [11, 12], [20, 21, 22, 23]])
+  result = mcts_star.search_lm(graphdef, state, q, ql,
+                               jax.random.split(jax.random.key(0), 3),
+                               sampler_config, config)
+  _check_invariants(result, config)
+  assert np.all(np.asarray(result.iterations) == 5)
+  assert np.all(np.asarray(result.tree.num_nodes) > 3)
+  # Every new node's prior value is what the value model says of its prefix.
+  from restmcts_jax.search import tree as tree_lib
+  tokens, lengths = tree_lib.gather_prefix(
+      result.tree, jnp.array([1, 2, 3]), max_depth=4, max_len=40)
+  np.testing.assert_allclose(result.tree.prior_value[:, 1:4].diagonal(),
+                             value_model(tokens, lengths), atol=1e-5)
+  assert np.all(np.asarray(result.policy_tokens) > 0)
