@@ -60,3 +60,18 @@ def test_shared_backbone_is_the_policy_and_separate_backbone_is_not():
   n_shared = len(jax.tree.leaves(state))
   _, state = nnx.split((policy, separate))
   assert len(jax.tree.leaves(state)) == 2 * n_shared - 2
+
+
+def test_scoring_continuations_equals_scoring_each_full_sequence():
+  _, vm = _value_model()
+  prefix = jnp.array([[3, 8, 1, 0, 0], [4, 4, 9, 10, 11]])
+  lengths = jnp.array([3, 5])
+  steps = jnp.array([[5, 6, 0], [7, 0, 0], [9, 9, 9], [2, 3, 0]])
+  step_lengths = jnp.array([2, 1, 3, 2])
+  values = vm.score_continuations(prefix, lengths, steps, step_lengths, 2)
+  for row in range(4):
+    i = row // 2
+    seq = list(np.asarray(prefix[i, :lengths[i]])) + list(
+        np.asarray(steps[row, :step_lengths[row]]))
+    want = vm(jnp.array([seq]), jnp.array([len(seq)]))[0]
+    np.testing.assert_allclose(values[row], want, atol=1e-6)

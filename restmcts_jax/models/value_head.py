@@ -52,6 +52,39 @@ class ValueModel(nnx.Module):
     return self.head(transformer_lib.last_token_hidden(hidden, lengths))
 
 
+  def score_continuations(
+      self,
+      prefix: Array,
+      lengths: Array,
+      steps: Array,
+      step_lengths: Array,
+      num_samples: int,
+  ) -> Array:
+    """Values of `num_samples` continuations of each prefix, `[R * k]`.
+
+    Equals `self(prefix + step)` row by row, but each prefix is encoded once
+    and its KV cache tiled over its continuations, which then encode only
+    their own step tokens.
+
+    Args:
+      prefix: `[R, P]` right-padded partial solutions.
+      lengths: `[R]` their lengths (>= 1).
+      steps: `[R * k, S]` continuation `j` of prefix `i` in row `i * k + j`.
+      step_lengths: `[R * k]` (>= 1).
+      num_samples: k.
+    """
+    config = self.backbone.config
+    cache = transformer_lib.KVCache.zeros(
+        config, prefix.shape[0], prefix.shape[1] + steps.shape[1])
+    _, cache = self.backbone.hidden(
+        prefix, transformer_lib.default_positions(prefix), cache)
+    tile = lambda x: jnp.repeat(x, num_samples, axis=0)
+    cache = jax.tree.map(tile, cache)
+    positions = tile(lengths)[:, None] + jnp.arange(steps.shape[1])
+    hidden, _ = self.backbone.hidden(steps, positions, cache)
+    return self.head(transformer_lib.last_token_hidden(hidden, step_lengths))
+
+
 def make_value_model(
     policy: transformer_lib.Transformer,
     *,

@@ -13,7 +13,7 @@ the same `PolicyFn` / `ValueFn` interface as `mcts_star`.
 """
 
 import collections
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,10 +109,11 @@ def sample_solutions(
                    value_tokens=zeros)
 
 
-def score_solutions(value_fn: mcts_star.ValueFn, solutions: Solutions,
-                    num_samples: int) -> Solutions:
-  """Scores every solution with the value model (for Best-of-N)."""
-  score = value_fn(solutions.tokens, solutions.lengths)
+def score_solutions(score_fn: Callable[[Array, Array], Array],
+                    solutions: Solutions, num_samples: int) -> Solutions:
+  """Scores every solution with `score_fn(tokens, lengths)`, e.g. a
+  `ValueModel` (for Best-of-N)."""
+  score = score_fn(solutions.tokens, solutions.lengths)
   scored = solutions.lengths.reshape(-1, num_samples).sum(1)
   return solutions.replace(score=score,
                            value_tokens=solutions.value_tokens + scored)
@@ -167,7 +168,8 @@ def tot_bfs(
     expand = jnp.repeat(alive & ~finished, n)
     cand, cand_len = _append_where(jnp.repeat(prefix, n, 0),
                                    jnp.repeat(lengths, n), proposals, expand)
-    cand_score = value_fn(cand, cand_len)
+    cand_score = value_fn(prefix, lengths, proposals.tokens, proposals.lengths,
+                          n)
     # A finished entry stays a candidate as itself (its first copy only).
     first_copy = jnp.tile(jnp.arange(n) == 0, b * k)
     keep_old = jnp.repeat(alive & finished, n) & first_copy

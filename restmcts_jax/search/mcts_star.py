@@ -15,9 +15,13 @@ questions are expanded by ONE batched policy call and ONE batched value call,
 and each rollout step likewise. Rows that have finished are masked.
 
 The policy and the value model enter as functions, so the same search runs an
-LM (`lm_fns`) or a deterministic toy in tests:
+LM (`search_lm`) or a deterministic toy in tests:
   policy_fn(prefix [R, L], lengths [R], keys [R * k], k) -> Proposals [R * k]
-  value_fn(tokens [R, L], lengths [R]) -> values [R]
+  value_fn(prefix [R, L], lengths [R], steps [R * k, S], step_lengths [R * k],
+           k) -> values [R * k] of every prefix + step
+`concat_value_fn` turns a scorer of whole sequences into a `value_fn`; an LM
+value model scores continuations with its prefix encoded once
+(`ValueModel.score_continuations`).
 """
 
 import dataclasses
@@ -85,7 +89,7 @@ class Proposals:
 
 
 PolicyFn = Callable[[Array, Array, Array, int], Proposals]
-ValueFn = Callable[[Array, Array], Array]
+ValueFn = Callable[[Array, Array, Array, Array, int], Array]
 
 
 @struct.dataclass
@@ -179,14 +183,51 @@ def _row_keys(keys: Array, iterations: Array, phase, count: int) -> Array:
   return jax.vmap(one)(keys, iterations).reshape(-1)
 
 
-def _score_steps(value_fn, prefix, lengths, proposals, count):
-  """Values `[R * count]` of each prefix (repeated `count` times) + step."""
-  prefix = jnp.repeat(prefix, count, axis=0)
-  lengths = jnp.repeat(lengths, count)
-  pad = jnp.zeros((prefix.shape[0], proposals.tokens.shape[1]), prefix.dtype)
-  rows, new_len = _append(jnp.concatenate([prefix, pad], 1), lengths,
-                          proposals.tokens, proposals.lengths)
-  return value_fn(rows, new_len), new_len
+def concat_value_fn(score: Callable[[Array, Array], Array]) -> ValueFn:
+  """A `ValueFn` from `score(tokens [R, L], lengths [R]) -> [R]` applied to
+  each prefix + step written out in full."""
+  def value_fn(prefix, lengths, steps, step_lengths, k):
+    prefix = jnp.repeat(prefix, k, axis=0)
+    pad = jnp.zeros((prefix.shape[0], steps.shape[1]), prefix.dtype)
+    rows, new_len = _append(jnp.concatenate([prefix, pad], 1),
+                            jnp.repeat(lengths, k), steps, step_lengths)
+    return score(rows, new_len)
+  return value_fn
+
+
+def narrowest_width(fn: Callable[..., object], prefix: Array, lengths: Array,
+                    *operands, fractions=(0.25, 0.5)):
+  """`fn(prefix[:, :w], lengths, *operands)` for the narrowest of a few fixed
+  widths w that holds every row.
+
+  Prefix buffers are as wide as the deepest possible node, but early in a
+  search every prefix is short; encoding the padding would dominate the cost.
+  Each width is a `lax.switch` branch, so shapes stay static. Rows whose
+  output is not needed should pass length 1.
+  """
+  full = prefix.shape[1]
+  widths = sorted({min(full, -(-int(full * f) // 16) * 16) for f in fractions}
+                  | {full})
+  index = jnp.sum(jnp.max(lengths) > jnp.array(widths[:-1]))
+  branches = [
+      lambda p, l, *ops, w=w: fn(p[:, :w], l, *ops) for w in widths]
+  return jax.lax.switch(index, branches, prefix, lengths, *operands)
+
+
+def _propose(policy_fn, prefix, lengths, needed, keys, count):
+  """Policy proposals for the rows that are `needed` (others: garbage)."""
+  lengths = jnp.where(needed, lengths, 1)
+  return narrowest_width(lambda p, l, k: policy_fn(p, l, k, count), prefix,
+                         lengths, keys)
+
+
+def _score_steps(value_fn, prefix, lengths, proposals, count, needed):
+  """Values `[R * count]` of each prefix + its proposals (garbage where not
+  `needed`), and the scored lengths."""
+  values = narrowest_width(
+      lambda p, l, s, sl: value_fn(p, l, s, sl, count), prefix,
+      jnp.where(needed, lengths, 1), proposals.tokens, proposals.lengths)
+  return values, jnp.repeat(lengths, count) + proposals.lengths
 
 
 def _expand(tree, leaf, active, keys, iteration, policy_fn, value_fn, config):
@@ -199,8 +240,10 @@ def _expand(tree, leaf, active, keys, iteration, policy_fn, value_fn, config):
       config.max_step_len)
   prefix, lengths = tree_lib.gather_prefix(
       tree, leaf, max_depth=config.max_depth, max_len=prefix_len)
-  proposals = policy_fn(prefix, lengths, _row_keys(keys, iteration, 0, k), k)
-  values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, k)
+  proposals = _propose(policy_fn, prefix, lengths, expandable,
+                       _row_keys(keys, iteration, 0, k), k)
+  values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, k,
+                                    expandable)
   reshape = lambda x: x.reshape(b, k, *x.shape[1:])
   tree, _ = tree_lib.add_children(
       tree, leaf, reshape(proposals.tokens), reshape(proposals.lengths),
@@ -226,9 +269,10 @@ def _rollout(tree, leaf, expanded, keys, iteration, policy_fn, value_fn,
 
   def step(i, carry):
     prefix, lengths, rolling, v_max, p_tok, v_tok = carry
-    proposals = policy_fn(prefix, lengths,
-                          _row_keys(keys, iteration, 1 + i, d), d)
-    values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, d)
+    proposals = _propose(policy_fn, prefix, lengths, rolling,
+                         _row_keys(keys, iteration, 1 + i, d), d)
+    values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, d,
+                                      rolling)
     values = values.reshape(b, d)
     pick = jnp.argmax(values, axis=1)
     chosen = rows * d + pick
@@ -364,5 +408,6 @@ def search_lm(
         f"sampler max_step_len={sampler_config.max_step_len} differs from "
         f"search max_step_len={config.max_step_len}")
   policy, value_model = nnx.merge(graphdef, state)
-  return search(lm_policy_fn(policy, sampler_config), value_model,
-                question_tokens, question_len, keys, config)
+  return search(lm_policy_fn(policy, sampler_config),
+                value_model.score_continuations, question_tokens,
+                question_len, keys, config)
