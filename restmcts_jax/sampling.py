@@ -186,11 +186,43 @@ def sample_step_with_model(
     The samples (`B * num_samples` rows) and the KV cache holding prefix +
     step (slot = position).
   """
-  prefix_len = prefix.shape[1]
-  max_len = config.max_step_len
   logits, hidden, cache = prefill(
-      model, prefix, prefix_lengths, prefix_len + max_len
+      model, prefix, prefix_lengths, prefix.shape[1] + config.max_step_len
   )
+  return sample_from_cache(model, cache, hidden, prefix_lengths, keys, config,
+                           num_samples, logits=logits)
+
+
+def sample_from_cache(
+    model: transformer_lib.Transformer,
+    cache: transformer_lib.KVCache,
+    hidden: Array,
+    prefix_lengths: Array,
+    keys: Array,
+    config: SamplerConfig,
+    num_samples: int = 1,
+    *,
+    logits: Array | None = None,
+) -> tuple[StepSamples, transformer_lib.KVCache]:
+  """Samples `num_samples` steps after prefixes already in a KV cache.
+
+  Args:
+    model: the policy LM.
+    cache: `[B]` rows holding each prefix in slots `[0, prefix_lengths)`, with
+      at least `max_step_len` free slots after it.
+    hidden: `[B, E]` final hidden state at each prefix's last token.
+    prefix_lengths: `[B]`.
+    keys: `[B * num_samples]` PRNG keys, one per output row.
+    config: sampling settings.
+    num_samples: steps per prefix (row `i * num_samples + j`).
+    logits: `[B, V]` next-token logits, if already computed from `hidden`.
+
+  Returns:
+    The samples and the tiled cache holding prefix + step.
+  """
+  max_len = config.max_step_len
+  if logits is None:
+    logits = model.logits(hidden)
   tile = lambda x: jnp.repeat(x, num_samples, axis=0)
   logits, hidden, prefix_lengths = tile(logits), tile(hidden), tile(
       prefix_lengths)

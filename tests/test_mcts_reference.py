@@ -31,7 +31,7 @@ SETTINGS = {
 
 @functools.partial(jax.jit, static_argnames="config")
 def _search(questions, lengths, keys, config):
-  return mcts_star.search(toy_models.policy_fn, toy_models.value_fn,
+  return mcts_star.search(toy_models.MODELS,
                           questions, lengths, keys, config)
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from restmcts_jax import sampling
 from restmcts_jax.models import value_head
 from restmcts_jax.search import mcts_star
+from restmcts_jax.search import tree as tree_lib
 from tests import toy_models
 from tests.test_transformer import TINY, _model
 
@@ -27,8 +28,7 @@ CONFIGS = [
 
 @functools.partial(jax.jit, static_argnames="config")
 def _toy_search(questions, lengths, keys, config):
-  return mcts_star.search(toy_models.policy_fn, toy_models.value_fn,
-                          questions, lengths, keys, config)
+  return mcts_star.search(toy_models.MODELS, questions, lengths, keys, config)
 
 
 def _questions(rows):
@@ -128,7 +128,7 @@ def test_token_budget_stops_a_question():
   assert np.all(np.asarray(result.policy_tokens) >= 12)
 
 
-def test_search_with_language_models():
+def test_search_with_language_models_with_and_without_node_caches():
   policy = _model()
   value_model = value_head.make_value_model(policy, share_backbone=False,
                                             rngs=nnx.Rngs(3))
@@ -142,16 +142,28 @@ def test_search_with_language_models():
       max_step_len=6, temperature=1.0, stop_token_ids=(5, 9, 17, 33),
       eos_token_id=2, answer_marker_ids=(40,))
   q, ql = _questions([[3, 4, 10], [11, 12], [20, 21, 22, 23]])
-  result = mcts_star.search_lm(graphdef, state, q, ql,
-                               jax.random.split(jax.random.key(0), 3),
-                               sampler_config, config)
-  _check_invariants(result, config)
-  assert np.all(np.asarray(result.iterations) == 5)
-  assert np.all(np.asarray(result.tree.num_nodes) > 3)
-  # Every new node's prior value is what the value model says of its prefix.
-  from restmcts_jax.search import tree as tree_lib
-  tokens, lengths = tree_lib.gather_prefix(
-      result.tree, jnp.array([1, 2, 3]), max_depth=4, max_len=40)
-  np.testing.assert_allclose(result.tree.prior_value[:, 1:4].diagonal(),
+  keys = jax.random.split(jax.random.key(0), 3)
+  cached, recomputed = (
+      mcts_star.search_lm(graphdef, state, q, ql, keys, sampler_config, config,
+                          cache_nodes=cache_nodes)
+      for cache_nodes in (True, False))
+  for result in (cached, recomputed):
+    _check_invariants(result, config)
+    assert np.all(np.asarray(result.iterations) == 5)
+    assert np.all(np.asarray(result.tree.num_nodes) > 3)
+  # Assembling prefixes from per-node caches changes nothing but the cost.
+  for name in ("parent", "children", "visits", "step_tokens", "final"):
+    np.testing.assert_array_equal(getattr(cached.tree, name),
+                                  getattr(recomputed.tree, name), name)
+  np.testing.assert_allclose(cached.tree.value, recomputed.tree.value,
+                             atol=1e-5)
+  np.testing.assert_array_equal(cached.policy_tokens, recomputed.policy_tokens)
+  np.testing.assert_array_equal(cached.value_tokens, recomputed.value_tokens)
+  # Every node's prior value is what the value model says of its prefix.
+  tree = cached.tree
+  nodes = jnp.array([int(tree.num_nodes[b]) - 1 for b in range(3)])
+  tokens, lengths = tree_lib.gather_prefix(tree, nodes, max_depth=4,
+                                           max_len=40)
+  np.testing.assert_allclose(tree.prior_value[jnp.arange(3), nodes],
                              value_model(tokens, lengths), atol=1e-5)
-  assert np.all(np.asarray(result.policy_tokens) > 0)
+  assert np.all(np.asarray(cached.policy_tokens) > 0)

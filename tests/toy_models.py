@@ -41,3 +41,4 @@ def score(tokens, lengths) -> jax.Array:
 
 
 value_fn = mcts_star.concat_value_fn(score)
+MODELS = mcts_star.TokenModels(policy_fn, value_fn)

@@ -80,10 +80,6 @@ class KVCache:
         jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
     return cls(k=zeros(), v=zeros())
 
-  @property
-  def length(self) -> int:
-    return self.k[0].shape[2]
-
 
 def annotated_param(rngs, dtype, init, shape, names):
   """A parameter annotated with logical axis names.

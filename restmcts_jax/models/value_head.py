@@ -78,11 +78,26 @@ class ValueModel(nnx.Module):
         config, prefix.shape[0], prefix.shape[1] + steps.shape[1])
     _, cache = self.backbone.hidden(
         prefix, transformer_lib.default_positions(prefix), cache)
+    return self.score_from_cache(cache, lengths, steps, step_lengths,
+                                 num_samples)[0]
+
+  def score_from_cache(
+      self,
+      cache: transformer_lib.KVCache,
+      lengths: Array,
+      steps: Array,
+      step_lengths: Array,
+      num_samples: int,
+  ) -> tuple[Array, transformer_lib.KVCache]:
+    """`score_continuations` for prefixes already in this backbone's cache
+    (`[R]` rows with room for a step); also returns the tiled cache holding
+    prefix + step."""
     tile = lambda x: jnp.repeat(x, num_samples, axis=0)
     cache = jax.tree.map(tile, cache)
     positions = tile(lengths)[:, None] + jnp.arange(steps.shape[1])
-    hidden, _ = self.backbone.hidden(steps, positions, cache)
-    return self.head(transformer_lib.last_token_hidden(hidden, step_lengths))
+    hidden, cache = self.backbone.hidden(steps, positions, cache)
+    values = self.head(transformer_lib.last_token_hidden(hidden, step_lengths))
+    return values, cache
 
 
 def make_value_model(

@@ -34,6 +34,9 @@ from flax import nnx
 from flax import struct
 
 from restmcts_jax import sampling
+from restmcts_jax.models import transformer as transformer_lib
+from restmcts_jax.models import value_head
+from restmcts_jax.search import node_cache
 from restmcts_jax.search import tree as tree_lib
 
 Array = jax.Array
@@ -214,48 +217,86 @@ def narrowest_width(fn: Callable[..., object], prefix: Array, lengths: Array,
   return jax.lax.switch(index, branches, prefix, lengths, *operands)
 
 
-def _propose(policy_fn, prefix, lengths, needed, keys, count):
-  """Policy proposals for the rows that are `needed` (others: garbage)."""
-  lengths = jnp.where(needed, lengths, 1)
-  return narrowest_width(lambda p, l, k: policy_fn(p, l, k, count), prefix,
-                         lengths, keys)
+def _where_rows(mask: Array, new, old):
+  """Row-wise `where` over two pytrees with leaves `[B, ...]`."""
+  pick = lambda a, b: jnp.where(mask.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+  return jax.tree.map(pick, new, old)
 
 
-def _score_steps(value_fn, prefix, lengths, proposals, count, needed):
-  """Values `[R * count]` of each prefix + its proposals (garbage where not
-  `needed`), and the scored lengths."""
-  values = narrowest_width(
-      lambda p, l, s, sl: value_fn(p, l, s, sl, count), prefix,
-      jnp.where(needed, lengths, 1), proposals.tokens, proposals.lengths)
-  return values, jnp.repeat(lengths, count) + proposals.lengths
+@struct.dataclass
+class TokenContext:
+  """Prefixes as token rows `[R, W]` (room for more steps) and `lengths [R]`."""
+
+  tokens: Array
+  lengths: Array
 
 
-def _expand(tree, leaf, active, keys, iteration, policy_fn, value_fn, config):
-  """Phase 2 for every tree: returns (tree, expanded [B], policy and value
-  token counts [B])."""
+@dataclasses.dataclass(frozen=True)
+class TokenModels:
+  """Models that read whole token prefixes: each call re-encodes them.
+
+  Attributes:
+    policy_fn: proposes steps (see module docstring).
+    value_fn: scores each prefix + step.
+  """
+
+  policy_fn: PolicyFn
+  value_fn: ValueFn
+
+  def init(self, tree):
+    del tree
+    return ()
+
+  def context(self, tree, memory, node, *, max_depth, width):
+    """Token rows `[B, width]` of each node's prefix."""
+    del memory
+    tokens, lengths = tree_lib.gather_prefix(tree, node, max_depth=max_depth,
+                                             max_len=width)
+    return TokenContext(tokens, lengths)
+
+  def propose(self, ctx: TokenContext, needed, keys, k):
+    """Proposals `[R * k]`, their values and the contexts prefix + step."""
+    lengths = jnp.where(needed, ctx.lengths, 1)  # unneeded rows: cheapest
+    proposals = narrowest_width(
+        lambda p, l, ks: self.policy_fn(p, l, ks, k), ctx.tokens, lengths,
+        keys)
+    values = narrowest_width(
+        lambda p, l, st, sl: self.value_fn(p, l, st, sl, k), ctx.tokens,
+        lengths, proposals.tokens, proposals.lengths)
+    child = TokenContext(*_append(
+        jnp.repeat(ctx.tokens, k, 0), jnp.repeat(ctx.lengths, k),
+        proposals.tokens, proposals.lengths))
+    return proposals, values, child
+
+  def store(self, memory, new_index, child, proposals):
+    del new_index, child, proposals
+    return memory
+
+
+def _expand(models, tree, memory, leaf, active, keys, iteration, config):
+  """Phase 2 for every tree: returns (tree, memory, expanded [B], policy and
+  value token counts [B])."""
   b, k = tree.batch_size, config.branch
   expandable = active & ~tree.final[jnp.arange(b), leaf] & (
       tree.depth[jnp.arange(b), leaf] < config.max_depth)
-  prefix_len = tree.question_tokens.shape[1] + config.max_depth * (
+  width = tree.question_tokens.shape[1] + (config.max_depth + 1) * (
       config.max_step_len)
-  prefix, lengths = tree_lib.gather_prefix(
-      tree, leaf, max_depth=config.max_depth, max_len=prefix_len)
-  proposals = _propose(policy_fn, prefix, lengths, expandable,
-                       _row_keys(keys, iteration, 0, k), k)
-  values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, k,
-                                    expandable)
+  ctx = models.context(tree, memory, leaf, max_depth=config.max_depth,
+                       width=width)
+  proposals, values, child = models.propose(
+      ctx, expandable, _row_keys(keys, iteration, 0, k), k)
   reshape = lambda x: x.reshape(b, k, *x.shape[1:])
-  tree, _ = tree_lib.add_children(
+  tree, new_index = tree_lib.add_children(
       tree, leaf, reshape(proposals.tokens), reshape(proposals.lengths),
       reshape(values), reshape(proposals.is_final),
       jnp.broadcast_to(expandable[:, None], (b, k)))
+  memory = models.store(memory, new_index, child, proposals)
   policy_tokens = jnp.sum(reshape(proposals.lengths), 1) * expandable
-  value_tokens = jnp.sum(reshape(scored_len), 1) * expandable
-  return tree, expandable, policy_tokens, value_tokens
+  value_tokens = jnp.sum(reshape(child.lengths), 1) * expandable
+  return tree, memory, expandable, policy_tokens, value_tokens
 
 
-def _rollout(tree, leaf, expanded, keys, iteration, policy_fn, value_fn,
-             config):
+def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
   """Phase 3 for every tree: returns (tree, policy and value token counts)."""
   b, d = tree.batch_size, config.roll_branch
   rows = jnp.arange(b)
@@ -264,31 +305,26 @@ def _rollout(tree, leaf, expanded, keys, iteration, policy_fn, value_fn,
   rolling = expanded & ~tree.final[rows, best]
   width = tree.question_tokens.shape[1] + (
       config.max_depth + config.roll_forward_steps + 1) * config.max_step_len
-  prefix, lengths = tree_lib.gather_prefix(
-      tree, best, max_depth=config.max_depth, max_len=width)
+  ctx = models.context(tree, memory, best, max_depth=config.max_depth,
+                       width=width)
 
   def step(i, carry):
-    prefix, lengths, rolling, v_max, p_tok, v_tok = carry
-    proposals = _propose(policy_fn, prefix, lengths, rolling,
-                         _row_keys(keys, iteration, 1 + i, d), d)
-    values, scored_len = _score_steps(value_fn, prefix, lengths, proposals, d,
-                                      rolling)
+    ctx, rolling, v_max, p_tok, v_tok = carry
+    proposals, values, child = models.propose(
+        ctx, rolling, _row_keys(keys, iteration, 1 + i, d), d)
     values = values.reshape(b, d)
     pick = jnp.argmax(values, axis=1)
     chosen = rows * d + pick
     v_max = jnp.where(rolling, jnp.maximum(v_max, values[rows, pick]), v_max)
-    new_prefix, new_len = _append(prefix, lengths, proposals.tokens[chosen],
-                                  proposals.lengths[chosen])
-    prefix = jnp.where(rolling[:, None], new_prefix, prefix)
-    lengths = jnp.where(rolling, new_len, lengths)
+    ctx = _where_rows(rolling, jax.tree.map(lambda x: x[chosen], child), ctx)
     p_tok += jnp.sum(proposals.lengths.reshape(b, d), 1) * rolling
-    v_tok += jnp.sum(scored_len.reshape(b, d), 1) * rolling
+    v_tok += jnp.sum(child.lengths.reshape(b, d), 1) * rolling
     rolling = rolling & ~proposals.is_final[chosen]
-    return prefix, lengths, rolling, v_max, p_tok, v_tok
+    return ctx, rolling, v_max, p_tok, v_tok
 
   zeros = jnp.zeros((b,), jnp.int32)
-  init = (prefix, lengths, rolling, jnp.zeros((b,), jnp.float32), zeros, zeros)
-  _, _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
+  init = (ctx, rolling, jnp.zeros((b,), jnp.float32), zeros, zeros)
+  _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
       0, config.roll_forward_steps, step, init)
   v_best = tree.value[rows, best]
   blended = (1.0 - config.alpha) * v_best + config.alpha * v_max
@@ -302,8 +338,7 @@ def _rollout(tree, leaf, expanded, keys, iteration, policy_fn, value_fn,
 
 
 def search(
-    policy_fn: PolicyFn,
-    value_fn: ValueFn,
+    models,
     question_tokens: Array,
     question_len: Array,
     keys: Array,
@@ -312,8 +347,8 @@ def search(
   """Runs MCTS* on B questions at once.
 
   Args:
-    policy_fn: proposes steps (see module docstring).
-    value_fn: scores partial solutions.
+    models: the policy and the value model behind `init` / `context` /
+      `propose` / `store` (`TokenModels` or `CachedLMModels`).
     question_tokens: `[B, Q]` right-padded with 0.
     question_len: `[B]`.
     keys: `[B]` one PRNG key per question: a question's search does not
@@ -336,7 +371,8 @@ def search(
       ok &= s.policy_tokens < config.token_budget
     return ok
 
-  def iteration(s: SearchResult) -> SearchResult:
+  def iteration(carry):
+    s, memory = carry
     active = running(s)
     leaf = jax.vmap(lambda t: _select(t, config))(s.tree)
     value_at_leaf = s.tree.value[jnp.arange(b), leaf]
@@ -344,10 +380,10 @@ def search(
         value_at_leaf >= config.end_gate)
     gate &= config.stop_at_end_gate
     active &= ~gate
-    tree, expanded, p1, v1 = _expand(s.tree, leaf, active, keys,
-                                     s.iterations, policy_fn, value_fn, config)
-    tree, p2, v2 = _rollout(tree, leaf, expanded, keys, s.iterations,
-                            policy_fn, value_fn, config)
+    tree, memory, expanded, p1, v1 = _expand(
+        models, s.tree, memory, leaf, active, keys, s.iterations, config)
+    tree, p2, v2 = _rollout(models, tree, memory, leaf, expanded, keys,
+                            s.iterations, config)
     tree = jax.vmap(_backup)(tree, leaf, active)
     return s.replace(
         tree=tree,
@@ -356,9 +392,10 @@ def search(
         iterations=s.iterations + active,
         policy_tokens=s.policy_tokens + p1 + p2,
         value_tokens=s.value_tokens + v1 + v2,
-    )
+    ), memory
 
-  s = jax.lax.while_loop(lambda s: jnp.any(running(s)), iteration, state)
+  s, _ = jax.lax.while_loop(lambda c: jnp.any(running(c[0])), iteration,
+                            (state, models.init(tree)))
   return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node,
                                          best_value_node(s.tree)))
 
@@ -383,8 +420,9 @@ def lm_policy_fn(policy, sampler_config) -> PolicyFn:
   return fn
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("graphdef", "sampler_config", "config"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "sampler_config", "config", "cache_nodes"))
 def search_lm(
     graphdef,
     state,
@@ -393,6 +431,7 @@ def search_lm(
     keys: Array,
     sampler_config,
     config: MCTSConfig,
+    cache_nodes: bool = True,
 ) -> SearchResult:
   """Jitted `search` with a policy and a `ValueModel`.
 
@@ -402,12 +441,101 @@ def search_lm(
     question_tokens, question_len, keys, config: as in `search`.
     sampler_config: how the policy samples a step; its `max_step_len` must
       equal `config.max_step_len`.
+    cache_nodes: keep every node's step keys/values (`CachedLMModels`) so a
+      prefix is never re-encoded; False re-encodes prefixes each call (less
+      memory).
   """
   if sampler_config.max_step_len != config.max_step_len:
     raise ValueError(
         f"sampler max_step_len={sampler_config.max_step_len} differs from "
         f"search max_step_len={config.max_step_len}")
   policy, value_model = nnx.merge(graphdef, state)
-  return search(lm_policy_fn(policy, sampler_config),
-                value_model.score_continuations, question_tokens,
-                question_len, keys, config)
+  if cache_nodes:
+    models = CachedLMModels(policy, value_model, sampler_config)
+  else:
+    models = TokenModels(lm_policy_fn(policy, sampler_config),
+                         value_model.score_continuations)
+  return search(models, question_tokens, question_len, keys, config)
+
+
+@struct.dataclass
+class CacheContext:
+  """Prefixes held as KV caches of the policy and the value model.
+
+  Attributes:
+    policy: policy cache `[R, K, W, D]` per layer (slot = position).
+    value: value-model backbone cache, likewise.
+    hidden: `[R, E]` policy hidden state at each prefix's last token.
+    lengths: `[R]` prefix lengths.
+  """
+
+  policy: transformer_lib.KVCache
+  value: transformer_lib.KVCache
+  hidden: Array
+  lengths: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedLMModels:
+  """A policy LM and a `ValueModel` that keep each node's step keys/values
+  (`node_cache`): a node's prefix is assembled from its ancestors' slices and
+  is never re-encoded; a new step costs only its own tokens."""
+
+  policy: transformer_lib.Transformer
+  value_model: value_head.ValueModel
+  sampler_config: sampling.SamplerConfig
+
+  def init(self, tree: tree_lib.Tree):
+    """Encodes the questions once; empty per-node slices."""
+    q, q_len = tree.question_tokens, tree.question_len
+    _, hidden, policy_q = sampling.prefill(self.policy, q, q_len, q.shape[1])
+    backbone = self.value_model.backbone
+    value_q = transformer_lib.KVCache.zeros(backbone.config, q.shape[0],
+                                            q.shape[1])
+    _, value_q = backbone.hidden(q, transformer_lib.default_positions(q),
+                                 value_q)
+    node_hidden = jnp.zeros((tree.batch_size, tree.num_slots,
+                             hidden.shape[-1]), hidden.dtype)
+    return dict(
+        policy_question=policy_q,
+        value_question=value_q,
+        policy_steps=node_cache.empty_steps(self.policy.config, tree),
+        value_steps=node_cache.empty_steps(backbone.config, tree),
+        hidden=node_hidden.at[:, tree_lib.ROOT_INDEX].set(hidden),
+    )
+
+  def context(self, tree, memory, node, *, max_depth, width):
+    """Caches `[B, K, width, D]` of each node's prefix."""
+    assemble = lambda q, s: node_cache.assemble(
+        tree, q, s, node, max_depth=max_depth, width=width)
+    policy, lengths = assemble(memory["policy_question"],
+                               memory["policy_steps"])
+    value, _ = assemble(memory["value_question"], memory["value_steps"])
+    hidden = memory["hidden"][jnp.arange(tree.batch_size), node]
+    return CacheContext(policy, value, hidden, lengths)
+
+  def propose(self, ctx: CacheContext, needed, keys, k):
+    """Proposals `[R * k]`, their values and the contexts prefix + step."""
+    del needed  # every row costs the same: only the new step is encoded
+    samples, policy = sampling.sample_from_cache(
+        self.policy, ctx.policy, ctx.hidden, ctx.lengths, keys,
+        self.sampler_config, k)
+    values, value = self.value_model.score_from_cache(
+        ctx.value, ctx.lengths, samples.tokens, samples.lengths, k)
+    child = CacheContext(policy, value, samples.last_hidden,
+                         jnp.repeat(ctx.lengths, k) + samples.lengths)
+    return (Proposals(samples.tokens, samples.lengths, samples.is_final),
+            values, child)
+
+  def store(self, memory, new_index, child: CacheContext, proposals):
+    """Keeps the new children's step slices and last hidden states."""
+    starts = child.lengths - proposals.lengths
+    s = proposals.tokens.shape[1]
+    memory = dict(memory)
+    for name, cache in (("policy_steps", child.policy),
+                        ("value_steps", child.value)):
+      memory[name] = node_cache.store(memory[name], new_index,
+                                      node_cache.extract(cache, starts, s))
+    memory["hidden"] = node_cache.store(memory["hidden"], new_index,
+                                        child.hidden)
+    return memory

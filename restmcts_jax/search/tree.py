@@ -223,22 +223,37 @@ def root_paths(tree: Tree, max_depth: int) -> Array:
   return jax.vmap(per_tree)(tree)
 
 
-def _gather_prefix_one(t: Tree, node, max_depth: int, max_len: int):
+def prefix_sources(t: Tree, node, max_depth: int, width: int):
+  """Where each position of `node`'s prefix comes from, in one tree.
+
+  Position `j < width` of question + steps holds token `offset[j]` of the
+  question (`from_question[j]`) or of the step of node `step_node[j]`.
+
+  Returns:
+    `(from_question, step_node, offset, valid)`, each `[width]`, and the
+    prefix length.
+  """
   path = _root_path(t, node, max_depth)[1:]  # steps at depths 1..max_depth
   step_nodes = jnp.maximum(path, 0)
   # Segment 0 is the question, segment d the step at depth d.
   seg_len = jnp.concatenate(
       [t.question_len[None], jnp.where(path >= 0, t.step_len[step_nodes], 0)])
   ends = jnp.cumsum(seg_len)
-  j = jnp.arange(max_len)
+  j = jnp.arange(width)
   seg = jnp.minimum(jnp.searchsorted(ends, j, side="right"), max_depth)
   offset = j - (ends - seg_len)[seg]
-  from_question = t.question_tokens[
-      jnp.clip(offset, 0, t.question_tokens.shape[0] - 1)]
-  from_step = t.step_tokens[step_nodes[jnp.maximum(seg - 1, 0)],
-                            jnp.clip(offset, 0, t.max_step_len - 1)]
   total = ends[-1]
-  tokens = jnp.where(j < total, jnp.where(seg == 0, from_question, from_step), 0)
+  return (seg == 0, step_nodes[jnp.maximum(seg - 1, 0)], offset, j < total,
+          total)
+
+
+def _gather_prefix_one(t: Tree, node, max_depth: int, max_len: int):
+  from_question, step_node, offset, valid, total = prefix_sources(
+      t, node, max_depth, max_len)
+  question = t.question_tokens[
+      jnp.clip(offset, 0, t.question_tokens.shape[0] - 1)]
+  step = t.step_tokens[step_node, jnp.clip(offset, 0, t.max_step_len - 1)]
+  tokens = jnp.where(valid, jnp.where(from_question, question, step), 0)
   return tokens, jnp.minimum(total, max_len)
 
 
