@@ -21,6 +21,7 @@ depth level), so it runs under `jit` for the whole batch of trees.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from restmcts_jax.search import tree as tree_lib
@@ -122,3 +123,31 @@ def infer_value_targets(
   """
   one = lambda t, c: _targets_one(t, c, max_depth)
   return jax.vmap(one)(tree, correct)
+
+
+@struct.dataclass
+class ValueRecords:
+  """`D_V`: one `(Q, p_k, v_k)` record per labelled node, as padded rows.
+
+  Attributes:
+    tokens: `[R, L]` question + partial solution, right-padded.
+    lengths: `[R]`.
+    target: `[R]` value target v.
+    question: `[R]` which question (row of the tree batch).
+  """
+
+  tokens: Array
+  lengths: Array
+  target: Array
+  question: Array
+
+
+def value_records(tree: tree_lib.Tree, targets: ValueTargets, *,
+                  max_depth: int) -> ValueRecords:
+  """Records of every labelled node (host side: the count is data-dependent).
+  """
+  keep = np.asarray(targets.labelled)
+  tokens, lengths, question = tree_lib.prefix_rows(tree, keep,
+                                                   max_depth=max_depth)
+  return ValueRecords(tokens=tokens, lengths=lengths,
+                      target=np.asarray(targets.v)[keep], question=question)

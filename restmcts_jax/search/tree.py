@@ -9,6 +9,7 @@ Functions here are written for the whole batch; per-tree logic is `vmap`ped.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Array = jax.Array
@@ -273,3 +274,22 @@ def gather_prefix(
   """
   one = lambda t, n: _gather_prefix_one(t, n, max_depth, max_len)
   return jax.vmap(one)(tree, node)
+
+
+def prefix_rows(tree: Tree, mask, *, max_depth: int):
+  """Question + steps of every node where `mask [B, N]`, on the host.
+
+  Returns:
+    `tokens [R, L]` (right-padded), `lengths [R]`, and `question [R]` (the
+    tree each row comes from), in (tree, node) order.
+  """
+  b, n = tree.parent.shape
+  width = tree.question_tokens.shape[1] + max_depth * tree.max_step_len
+  gather = jax.vmap(
+      lambda node: gather_prefix(tree, node, max_depth=max_depth,
+                                 max_len=width),
+      in_axes=1, out_axes=1)
+  tokens, lengths = jax.device_get(gather(jnp.broadcast_to(jnp.arange(n),
+                                                           (b, n))))
+  keep = np.asarray(mask)
+  return tokens[keep], lengths[keep], np.nonzero(keep)[0]
