@@ -63,3 +63,30 @@ def complete_rules(
   """
   given = {name for name, _ in rules}
   return tuple(rules) + tuple((n, None) for n in LOGICAL_AXES if n not in given)
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Batch over data x fsdp; parameters over fsdp (embed) and tensor (the rest).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+)
+
+
+def make_mesh(shape: Sequence[int], axes: Sequence[str] = MESH_AXES
+              ) -> jax.sharding.Mesh:
+  """A device mesh with Auto axes (sharding follows the logical rules and
+  `with_sharding_constraint`; jax 0.10 defaults to Explicit)."""
+  auto = (jax.sharding.AxisType.Auto,) * len(axes)
+  return jax.make_mesh(tuple(shape), tuple(axes), axis_types=auto)
+
+
+def named(mesh: jax.sharding.Mesh, names: LogicalNames
+          ) -> jax.sharding.NamedSharding:
+  """`NamedSharding` of logical names under the active rules."""
+  return jax.sharding.NamedSharding(mesh, logical_to_spec(names))

@@ -1,0 +1,153 @@
+"""Training steps: losses by hand, learning, gradient accumulation, and the
+same step on 8 simulated devices under three mesh shapes as on one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from restmcts_jax.models import transformer as tl
+from restmcts_jax.models import value_head
+from restmcts_jax.training import optim
+from restmcts_jax.training import sharding
+from restmcts_jax.training import steps
+
+# Every sharded dimension divisible by 8.
+CONFIG = tl.TransformerConfig(vocab_size=64, embed_dim=32, num_layers=2,
+                              num_heads=8, num_kv_heads=8, head_dim=4,
+                              mlp_dim=64)
+OPT = optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=2,
+                            total_steps=20)
+
+
+def _sft_batch(seed=0):
+  tokens = jax.random.randint(jax.random.key(seed), (8, 12), 1, 64)
+  lengths = jnp.array([12, 10, 7, 12, 9, 11, 12, 8])
+  tokens = jnp.where(jnp.arange(12) < lengths[:, None], tokens, 0)
+  return steps.SFTBatch(tokens=tokens, lengths=lengths,
+                        prompt_len=jnp.array([4, 3, 5, 2, 4, 6, 1, 3]))
+
+
+def _value_batch(seed=0):
+  tokens = jax.random.randint(jax.random.key(seed), (8, 10), 1, 64)
+  return steps.ValueBatch(
+      tokens=tokens, lengths=jnp.array([10, 4, 7, 9, 10, 3, 5, 8]),
+      target=jnp.linspace(0.0, 1.0, 8),
+      weight=jnp.array([1, 1, 1, 1, 1, 1, 0, 1], jnp.float32))
+
+
+def _value_model(seed=0):
+  policy = tl.Transformer(CONFIG, rngs=nnx.Rngs(seed))
+  vm = value_head.make_value_model(policy, share_backbone=True,
+                                   rngs=nnx.Rngs(seed))
+  vm.head.kernel.set_value(0.3 * jnp.ones((CONFIG.embed_dim,)))
+  return vm
+
+
+def test_sft_loss_is_the_mean_nll_of_solution_tokens_only():
+  model = tl.Transformer(CONFIG, rngs=nnx.Rngs(0))
+  batch = _sft_batch()
+  loss, metrics = steps.sft_loss(model, batch)
+  logits = np.asarray(model(batch.tokens, tl.default_positions(
+      batch.tokens))[0])
+  nll = []
+  for b in range(8):
+    for t in range(int(batch.prompt_len[b]), int(batch.lengths[b])):
+      logp = logits[b, t - 1] - np.log(np.exp(logits[b, t - 1]).sum())
+      nll.append(-logp[int(batch.tokens[b, t])])
+  assert int(metrics["tokens"]) == len(nll)
+  np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)
+
+
+def test_value_loss_is_weighted_mse():
+  vm = _value_model()
+  batch = _value_batch()
+  loss, _ = steps.value_loss(vm, batch)
+  values = np.asarray(vm(batch.tokens, batch.lengths))
+  w = np.asarray(batch.weight)
+  want = (w * (values - np.asarray(batch.target)) ** 2).sum() / w.sum()
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+def test_steps_reduce_the_loss_on_a_fixed_batch():
+  for make, loss_fn, batch in [
+      (lambda: tl.Transformer(CONFIG, rngs=nnx.Rngs(0)), steps.sft_loss,
+       _sft_batch()),
+      (_value_model, steps.value_loss, _value_batch())]:
+    graphdef, params = nnx.split(make())
+    tx = optim.make_optimizer(OPT)
+    step = steps.make_train_step(graphdef, loss_fn, tx)
+    state = steps.init_state(params, tx)
+    losses = []
+    for _ in range(12):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert int(state.step) == 12
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
+  # Equal weights: the whole batch's mean is the mean of the halves' means.
+  batch = _value_batch().replace(weight=jnp.ones(8))
+  halves = [jax.tree.map(lambda x: x[:4], batch),
+            jax.tree.map(lambda x: x[4:], batch)]
+  graphdef, params = nnx.split(_value_model())
+  whole_tx = optim.make_optimizer(OPT)
+  whole = steps.make_train_step(graphdef, steps.value_loss, whole_tx)(
+      steps.init_state(params, whole_tx), batch)[0]
+  accum_tx = optim.make_optimizer(
+      optim.OptimizerConfig(**{**OPT.__dict__, "accumulation_steps": 2}))
+  step = steps.make_train_step(graphdef, steps.value_loss, accum_tx)
+  state = steps.init_state(nnx.split(_value_model())[1], accum_tx)
+  state, _ = step(state, halves[0])
+  state, _ = step(state, halves[1])
+  for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _sharded_step(mesh_shape, make, loss_fn, batch):
+  tx = optim.make_optimizer(OPT)
+  mesh = sharding.make_mesh(mesh_shape)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(
+      sharding.complete_rules(sharding.DEFAULT_RULES)):
+    graphdef, params = nnx.split(make())
+    state = steps.init_state(params, tx)
+    shardings = (steps.state_shardings(state, tx, mesh),
+                 steps.batch_shardings(batch, mesh))
+    step = steps.make_train_step(graphdef, loss_fn, tx, shardings=shardings)
+    state = jax.device_put(state, shardings[0])
+    batch = jax.device_put(batch, shardings[1])
+    compiled = step.lower(state, batch).compile()
+    new_state, metrics = step(state, batch)
+  return new_state, metrics, compiled.memory_analysis()
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 8, 1)])
+@pytest.mark.parametrize("kind", ["sft", "value"])
+def test_sharded_step_equals_single_device(mesh_shape, kind):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 simulated devices")
+  make, loss_fn, batch = {
+      "sft": (lambda: tl.Transformer(CONFIG, rngs=nnx.Rngs(0)),
+              steps.sft_loss, _sft_batch()),
+      "value": (_value_model, steps.value_loss, _value_batch()),
+  }[kind]
+  tx = optim.make_optimizer(OPT)
+  graphdef, params = nnx.split(make())
+  want, want_metrics = steps.make_train_step(graphdef, loss_fn, tx)(
+      steps.init_state(params, tx), batch)
+  got, metrics, _ = _sharded_step(mesh_shape, make, loss_fn, batch)
+  np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fsdp_lowers_parameter_bytes_per_device():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 simulated devices")
+  make = lambda: tl.Transformer(CONFIG, rngs=nnx.Rngs(0))
+  args = [(_sharded_step(shape, make, steps.sft_loss, _sft_batch())[2]
+           ).argument_size_in_bytes for shape in [(8, 1, 1), (2, 4, 1),
+                                                  (1, 8, 1)]]
+  assert args[0] > args[1] > args[2], args
