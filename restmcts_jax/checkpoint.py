@@ -1,0 +1,87 @@
+"""Checkpoints of the self-training state, through orbax.
+
+A checkpoint has three parts:
+  * `state`   — fixed-shape arrays (both models' `TrainState`s, PRNG key data),
+                restored onto whatever shardings the caller asks for, so a run
+                can resume on a different mesh;
+  * `buffers` — data whose size changes (value records, traces), restored as
+                saved, as numpy arrays;
+  * `meta`    — JSON (iteration, phase, ...).
+orbax writes each checkpoint to a temporary folder and renames it when
+complete, so a process killed mid-save leaves the previous checkpoint as the
+latest one; only the last `max_to_keep` are kept.
+"""
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(tree, shardings=None):
+  """`ShapeDtypeStruct`s of `tree`'s arrays, with `shardings` (a matching
+  tree of `Sharding`s) if given: the target layout of a restore."""
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+      shardings)
+
+
+class Checkpointer:
+  """Saves and restores `(state, buffers, meta)` under `directory/<step>`."""
+
+  def __init__(self, directory: str | os.PathLike[str], *,
+               max_to_keep: int = 3):
+    self.directory = pathlib.Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             create=True))
+
+  def save(self, step: int, state, buffers, meta: dict[str, Any]) -> None:
+    """Writes checkpoint `step` and waits until it is complete."""
+    items = dict(state=ocp.args.StandardSave(state),
+                 meta=ocp.args.JsonSave(meta))
+    if jax.tree.leaves(buffers):  # orbax refuses empty items
+      items["buffers"] = ocp.args.StandardSave(buffers)
+    self._manager.save(step, args=ocp.args.Composite(**items))
+    self._manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def restore(self, like, step: int | None = None):
+    """Restores `(state, buffers, meta)`.
+
+    Args:
+      like: abstract state (`abstract_like`), giving each array's shape,
+        dtype and target sharding.
+      step: which checkpoint; the latest by default.
+
+    Raises:
+      FileNotFoundError: naming the directory, when it holds no complete
+        checkpoint (or not `step`).
+    """
+    steps = self.all_steps()
+    step = self.latest_step() if step is None else step
+    if step is None or step not in steps:
+      raise FileNotFoundError(
+          f"no complete checkpoint {'' if step is None else step} in "
+          f"{self.directory} (found: {steps or 'none'})")
+    items = dict(state=ocp.args.StandardRestore(like),
+                 meta=ocp.args.JsonRestore())
+    has_buffers = (self.directory / str(step) / "buffers").is_dir()
+    if has_buffers:
+      items["buffers"] = ocp.args.StandardRestore()
+    out = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return out.state, (out.buffers if has_buffers else {}), out.meta
+
+  def close(self) -> None:
+    self._manager.close()
