@@ -39,7 +39,7 @@ def test_length_grouping_keeps_padding_low():
   shuffled = np.random.default_rng(0).permutation(lengths)
   random_widths = [batching.bucket_length(max(shuffled[i:i + 16]), buckets)
                    for i in range(0, len(shuffled), 16)]
-  assert sum(widths) < 0.6 * sum(random_widths)
+  assert sum(widths) < 0.7 * sum(random_widths)
 
 
 def test_value_batches_weight_only_real_rows():

@@ -46,10 +46,9 @@ def sft_batches(
   Examples of similar length share a batch: they are sorted by length within
   shuffled windows of 16 batches, which keeps padding low.
   """
-  order = _length_grouped_order([len(t) for t, _ in examples], batch_size,
-                                seed)
-  for start in range(0, len(order), batch_size):
-    chunk = [examples[i] for i in order[start:start + batch_size]]
+  for idx in _length_grouped_batches([len(t) for t, _ in examples],
+                                     batch_size, seed):
+    chunk = [examples[i] for i in idx]
     tokens, lengths = _pad([t for t, _ in chunk], batch_size, buckets)
     prompt_len = np.zeros((batch_size,), np.int32)
     prompt_len[:len(chunk)] = [p for _, p in chunk]
@@ -65,9 +64,8 @@ def value_batches(
     seed: int | None = 0,
 ) -> Iterator[steps.ValueBatch]:
   """Batches of `(partial solution, value target)` records."""
-  order = _length_grouped_order([len(t) for t in tokens], batch_size, seed)
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
+  for idx in _length_grouped_batches([len(t) for t in tokens], batch_size,
+                                     seed):
     rows, lengths = _pad([tokens[i] for i in idx], batch_size, buckets)
     target = np.zeros((batch_size,), np.float32)
     weight = np.zeros((batch_size,), np.float32)
@@ -77,19 +75,23 @@ def value_batches(
                            weight=weight)
 
 
-def _length_grouped_order(lengths: Sequence[int], batch_size: int,
-                          seed: int | None) -> list[int]:
-  """Example order: shuffled, then sorted by length inside windows."""
+def _length_grouped_batches(lengths: Sequence[int], batch_size: int,
+                            seed: int | None) -> list[list[int]]:
+  """Example indices per batch: shuffled, sorted by length inside windows of
+  16 batches, cut into batches, and the batches shuffled. In order when
+  `seed` is None."""
   order = np.arange(len(lengths))
+  chunks = lambda a: [a[i:i + batch_size].tolist()
+                      for i in range(0, len(a), batch_size)]
   if seed is None:
-    return order.tolist()
+    return chunks(order)
   rng = np.random.default_rng(seed)
   order = rng.permutation(order)
-  window = 16 * batch_size
   lengths = np.asarray(lengths)
-  groups = [order[i:i + window] for i in range(0, len(order), window)]
-  groups = [g[np.argsort(lengths[g], kind="stable")] for g in groups]
-  batches = [b for g in groups for b in np.array_split(
-      g, max(1, -(-len(g) // batch_size)))]
+  window = 16 * batch_size
+  batches = []
+  for i in range(0, len(order), window):
+    group = order[i:i + window]
+    batches += chunks(group[np.argsort(lengths[group], kind="stable")])
   rng.shuffle(batches)
-  return [int(i) for b in batches for i in b]
+  return batches
