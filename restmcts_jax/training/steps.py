@@ -60,8 +60,7 @@ def sft_loss(model, batch: SFTBatch) -> tuple[Array, dict[str, Array]]:
   position = jnp.arange(1, batch.tokens.shape[1])[None]
   mask = (position >= batch.prompt_len[:, None]) & (
       position < batch.lengths[:, None])
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None],
-                             -1)[..., 0]
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   count = jnp.sum(mask)
   loss = jnp.sum(nll * mask) / jnp.maximum(count, 1)
   return loss, dict(loss=loss, tokens=count)
