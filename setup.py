@@ -22,6 +22,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["restmcts_jax", "restmcts_jax.*"]),
+    package_data={"restmcts_jax.tasks": ["data/*.csv", "data/*.md"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         # torch is pinned to the CPU build: an unpinned torch pulls a multi-GB

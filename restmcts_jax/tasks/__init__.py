@@ -1,0 +1,1 @@
+"""Tasks: questions, verifiers and data sets."""
