@@ -174,7 +174,10 @@ class Attention(nnx.Module):
 
   def _project(self, x, kernel, bias_name):
     dtype = self.config.dtype
-    y = jnp.einsum("bte,ehd->bthd", x, kernel[...].astype(dtype))
+    e, heads, d = kernel.shape
+    # A 2-D matmul (see MLP): its weight gradient has one contracting dim.
+    y = x.reshape(-1, e) @ kernel[...].astype(dtype).reshape(e, heads * d)
+    y = y.reshape(*x.shape[:-1], heads, d)
     if self.config.qkv_bias:
       y = y + getattr(self, bias_name)[...].astype(dtype)
     return y
@@ -229,7 +232,9 @@ class Attention(nnx.Module):
     out = jnp.einsum("bkms,bksd->bkmd", probs, values.astype(c.dtype))
     out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim)
     out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, c.num_heads, c.head_dim)
-    y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(c.dtype))
+    y = out.reshape(b * t, -1) @ self.o_proj[...].astype(c.dtype).reshape(
+        -1, c.embed_dim)
+    y = y.reshape(b, t, c.embed_dim)
     if c.out_bias:
       y = y + self.o_bias[...].astype(c.dtype)
     return y, kv
@@ -247,10 +252,15 @@ class MLP(nnx.Module):
     self.down_proj = p(_normal, (c.mlp_dim, c.embed_dim), ("mlp", "embed"))
 
   def __call__(self, x: Array) -> Array:
-    gate = x @ self.gate_proj[...].astype(self.dtype)
-    up = x @ self.up_proj[...].astype(self.dtype)
-    h = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return h @ self.down_proj[...].astype(self.dtype)
+    # Rows flattened to 2-D: XLA:CPU runs the weight gradient of a 3-D
+    # matmul (two contracting dimensions) much slower.
+    rows = x.reshape(-1, x.shape[-1])
+    gate = rows @ self.gate_proj[...].astype(self.dtype)
+    up = rows @ self.up_proj[...].astype(self.dtype)
+    h = (jax.nn.silu(gate) * up).reshape(*x.shape[:-1], -1)
+    h = sharding.constrain(h, ("batch", "length", "mlp"))
+    out = h.reshape(rows.shape[0], -1) @ self.down_proj[...].astype(self.dtype)
+    return out.reshape(x.shape)
 
 
 class DecoderLayer(nnx.Module):
