@@ -1,0 +1,111 @@
+"""Self-training building blocks on Game of 24: labelling trees with the
+verifier, D_V / D_G from them, greedy evaluation, and a search with a real
+tokenizer and LM."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from restmcts_jax import sampling
+from restmcts_jax import selftrain
+from restmcts_jax.models import transformer as tl
+from restmcts_jax.models import value_head
+from restmcts_jax.search import mcts_star
+from restmcts_jax.search import tree as tree_lib
+from restmcts_jax.tasks import game24
+from restmcts_jax.tasks import registry
+from restmcts_jax.tokenizer import SentencePieceTokenizer
+
+TASK = registry.get_task("game24")
+PUZZLES = [(4, 9, 10, 13), (1, 2, 3, 4)]
+MAX_DEPTH, STEP = 4, 24
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  splits = game24.splits()
+  texts = game24.warmstart_corpus(splits.train[:200], 300, seed=0)
+  texts += [game24.format_text(p, game24.solve(p)) for p in PUZZLES]
+  return SentencePieceTokenizer.train(
+      texts, tmp_path_factory.mktemp("sp") / "sp", vocab_size=400)
+
+
+def _tree_with_solution_and_a_wrong_branch(tokenizer):
+  """Per puzzle: the solver's 4 steps, plus a wrong final step off step 2."""
+  questions, qlen = selftrain.encode_rows(
+      tokenizer, [game24.question_text(p) for p in PUZZLES], 16)
+  tree = tree_lib.init_tree(jnp.asarray(questions), jnp.asarray(qlen),
+                            num_slots=8, branching=2, max_step_len=STEP)
+  solutions = [game24.solve(p) for p in PUZZLES]
+  parent = jnp.zeros((2,), jnp.int32)
+  for depth in range(4):
+    lines = [s[depth] + "\n" for s in solutions]
+    if depth == 2:  # the wrong sibling: a final step with a wrong answer
+      lines = [[l, "Answer: 1 + 2 + 3 + 4 = 10\n"] for l in lines]
+    else:
+      lines = [[l] for l in lines]
+    k = len(lines[0])
+    tokens, lengths = selftrain.encode_rows(
+        tokenizer, [t for row in lines for t in row], STEP)
+    final = np.array([[t.startswith("Answer:") for t in row] for row in lines])
+    tree, index = tree_lib.add_children(
+        tree, parent, jnp.asarray(tokens).reshape(2, k, STEP),
+        jnp.asarray(lengths).reshape(2, k), jnp.full((2, k), 0.5),
+        jnp.asarray(final), jnp.ones((2, k), bool))
+    parent = index[:, 0]
+  return tree
+
+
+def test_labels_records_and_traces_of_a_solved_tree(tokenizer):
+  tree = _tree_with_solution_and_a_wrong_branch(tokenizer)
+  correct = selftrain.label_final_nodes(
+      tree, TASK, PUZZLES, tokenizer.decode, max_depth=MAX_DEPTH)
+  final = np.asarray(tree.final)
+  assert final.sum() == 4 and correct.sum() == 2  # solver right, sibling wrong
+  records, traces = selftrain.iteration_data(
+      tree, correct, max_depth=MAX_DEPTH, top_k=1, min_reward=0.0)
+  # Correct path 0.25 .. 1.0 and the wrong final step next to it, per puzzle.
+  for q in range(2):
+    np.testing.assert_allclose(sorted(records.target[records.question == q]),
+                               [0.25, 1 / 3, 0.5, 0.75, 1.0], atol=1e-6)
+  assert list(traces.question) == [0, 1]
+  for row, n, puzzle in zip(traces.tokens, traces.lengths, PUZZLES):
+    text = tokenizer.decode(row[:n].tolist())
+    assert game24.verify(puzzle, text)
+    assert text == game24.format_text(puzzle, game24.solve(puzzle))
+
+
+def test_search_and_greedy_evaluation_with_a_tiny_lm(tokenizer):
+  config = tl.TransformerConfig(
+      vocab_size=tokenizer.vocab_size, embed_dim=32, num_layers=2,
+      num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
+  policy = tl.Transformer(config, rngs=nnx.Rngs(0))
+  value_model = value_head.make_value_model(policy, share_backbone=False,
+                                            rngs=nnx.Rngs(1))
+  sampler_config = sampling.SamplerConfig(
+      max_step_len=STEP, temperature=1.0,
+      stop_token_ids=tokenizer.step_delimiter_ids(),
+      eos_token_id=tokenizer.eos_id,
+      answer_marker_ids=tuple(tokenizer.encode("Answer")))
+  problems = [registry.Problem(game24.question_text(p), p) for p in PUZZLES]
+  accuracy, texts = selftrain.greedy_accuracy(
+      policy, tokenizer, TASK, problems, sampler_config, max_depth=MAX_DEPTH,
+      question_width=16)
+  assert accuracy == 0.0  # an untrained model does not solve Game of 24
+  assert all(t.startswith(p.question) for t, p in zip(texts, problems))
+  questions, qlen = selftrain.encode_rows(
+      tokenizer, [p.question for p in problems], 16)
+  search = mcts_star.MCTSConfig(num_iterations=3, branch=2, roll_branch=1,
+                                roll_forward_steps=1, max_depth=MAX_DEPTH,
+                                max_step_len=STEP, stop_at_end_gate=False)
+  graphdef, state = nnx.split((policy, value_model))
+  result = mcts_star.search_lm(graphdef, state, jnp.asarray(questions),
+                               jnp.asarray(qlen),
+                               jax.random.split(jax.random.key(0), 2),
+                               sampler_config, search)
+  correct = selftrain.label_final_nodes(result.tree, TASK, PUZZLES,
+                                        tokenizer.decode, max_depth=MAX_DEPTH)
+  assert correct.shape == result.tree.final.shape and not correct.any()
+  assert np.all(np.asarray(result.tree.num_nodes) >= 3)
