@@ -109,3 +109,31 @@ def test_search_and_greedy_evaluation_with_a_tiny_lm(tokenizer):
                                         tokenizer.decode, max_depth=MAX_DEPTH)
   assert correct.shape == result.tree.final.shape and not correct.any()
   assert np.all(np.asarray(result.tree.num_nodes) >= 3)
+
+
+def test_the_loop_runs_trains_on_its_own_data_and_resumes(tmp_path,
+                                                         monkeypatch):
+  from configs import tiny
+  config = tiny.get_config()
+  config.iterations = 1
+  config.warmstart.steps = 150
+  config.train.learning_rate = 3e-3
+  # Call every finished solution correct, so the iteration's D_V and D_G are
+  # not empty for an untrained model and both training phases run.
+  def every_final_is_correct(tree, task, references, decode, *, max_depth):
+    del task, references, decode, max_depth
+    return np.asarray(tree.final) & np.asarray(tree.used)
+  monkeypatch.setattr(selftrain, "label_final_nodes", every_final_is_correct)
+  first = selftrain.run(config, tmp_path)
+  assert len(first) == 1
+  m = first[0]
+  assert m["value_records"] > 0 and m["traces"] > 0, m
+  assert np.isfinite(m["value_loss"]) and np.isfinite(m["policy_loss"])
+  assert 0.0 <= m["greedy_accuracy"] <= 1.0
+  assert (tmp_path / "tokenizer.model").is_file()
+  # Rerunning with a larger budget resumes after iteration 1.
+  config.iterations = 2
+  second = selftrain.run(config, tmp_path)
+  assert len(second) == 2 and second[0] == m
+  assert second[1]["iteration"] == 2
+  assert second[1]["value_records"] >= m["value_records"]  # D_V accumulates

@@ -109,5 +109,10 @@ def make_value_model(
   """A value model on the policy's own backbone, or on a copy of it
   (`share_backbone=False`): the process reward model starts from the policy's
   weights either way; only the head is new."""
-  backbone = policy if share_backbone else nnx.clone(policy)
+  if share_backbone:
+    return ValueModel(policy, rngs=rngs)
+  backbone = nnx.clone(policy)
+  # Own buffers, not views of the policy's: either model's train step donates
+  # its parameters.
+  nnx.update(backbone, jax.tree.map(jnp.copy, nnx.state(backbone)))
   return ValueModel(backbone, rngs=rngs)

@@ -1,0 +1,36 @@
+"""Game of 24 self-training on CPU: the built-in default.
+
+    python -m restmcts_jax.main --config configs/game24.py --workdir runs/game24
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.task = "game24"
+  config.iterations = 3
+  config.question_width = 16  # tokens of a question
+  config.max_depth = 4  # 3 moves + the Answer line
+
+  config.tokenizer = ml_collections.ConfigDict(
+      dict(vocab_size=400, corpus_size=4000))
+  config.model = ml_collections.ConfigDict(dict(
+      embed_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
+      mlp_dim=768, share_value_backbone=False))
+  config.sampler = ml_collections.ConfigDict(
+      dict(temperature=1.0, top_k=0, top_p=1.0, max_step_len=24))
+  config.warmstart = ml_collections.ConfigDict(
+      dict(steps=300, batch_size=32, learning_rate=1e-3))
+  config.search = ml_collections.ConfigDict(dict(
+      num_iterations=20, branch=3, roll_branch=1, roll_forward_steps=2,
+      exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,
+      stop_at_end_gate=False))
+  config.search_questions = 128  # training questions searched per iteration
+  config.search_batch = 64  # questions per batched search call
+  config.train = ml_collections.ConfigDict(dict(
+      policy_steps=100, value_steps=100, batch_size=32, learning_rate=3e-4,
+      traces_per_question=2, min_reward=0.0))
+  config.eval = ml_collections.ConfigDict(dict(num_test=100))
+  return config

@@ -1,0 +1,22 @@
+"""Seconds-long Game of 24 self-training run, for tests."""
+
+from configs import game24
+
+
+def get_config():
+  config = game24.get_config()
+  config.tokenizer.vocab_size = 400
+  config.tokenizer.corpus_size = 300
+  config.model.update(embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      head_dim=8, mlp_dim=64)
+  config.warmstart.steps = 4
+  config.warmstart.batch_size = 8
+  config.iterations = 2
+  config.search.update(num_iterations=3, branch=2, roll_forward_steps=1)
+  config.search_questions = 4
+  config.search_batch = 4
+  config.train.policy_steps = 2
+  config.train.value_steps = 2
+  config.train.batch_size = 4
+  config.eval.num_test = 4
+  return config
