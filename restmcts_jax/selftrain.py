@@ -243,8 +243,8 @@ def run(config, workdir) -> list[dict]:
       questions, qlen = encode_rows(
           tokenizer, [game24.question_text(p) for p in chunk],
           config.question_width)
-      keys = jax.random.split(jax.random.key(config.seed * 1000 + iteration),
-                              len(chunk))
+      keys = jax.random.split(jax.random.fold_in(
+          jax.random.key(config.seed), iteration * 1_000_003 + lo), len(chunk))
       result = jax.device_get(mcts_star.search_lm(
           graphdef, search_state, jnp.asarray(questions), jnp.asarray(qlen),
           keys, sampler_config, search_config))
@@ -263,12 +263,12 @@ def run(config, workdir) -> list[dict]:
     value_rows = _rows_to_lists(records["tokens"], records["lengths"]) + [
         row for r in new_records for row in _rows_to_lists(r.tokens,
                                                            r.lengths)]
-    value_targets_ = np.concatenate(
+    all_targets = np.concatenate(
         [records["target"]] + [r.target for r in new_records])
     value_loss = policy_loss = float("nan")
     if value_rows:
       batches = list(batching.value_batches(
-          value_rows, value_targets_, config.train.batch_size,
+          value_rows, all_targets, config.train.batch_size,
           seed=int(rng.integers(1 << 30))))
       state["value"], value_loss = _train(
           value_graph, state["value"], value_tx, training_steps.value_loss,
@@ -289,7 +289,7 @@ def run(config, workdir) -> list[dict]:
       padded[i, :len(row)] = row
     records = dict(tokens=padded,
                    lengths=np.array([len(r) for r in value_rows], np.int32),
-                   target=value_targets_.astype(np.float32))
+                   target=all_targets.astype(np.float32))
     metrics = dict(iteration=iteration + 1, greedy_accuracy=accuracy,
                    search_solved=solved / len(puzzles),
                    search_policy_tokens=tokens_used,
