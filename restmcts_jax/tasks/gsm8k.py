@@ -10,9 +10,10 @@ rationals, never as floats.
 import dataclasses
 import decimal
 import fractions
-import json
 import os
 import re
+
+from restmcts_jax.tasks import jsonl
 
 ANSWER_MARKER = "The answer is:"
 
@@ -87,20 +88,14 @@ def steps_from_answer(answer: str) -> tuple[str, ...]:
   return (*(line for line in lines if line), f"{ANSWER_MARKER} {final}")
 
 
-def question_text(question: str) -> str:
-  """The question, ending with the step delimiter."""
-  return question.strip() + "\n"
+question_text = jsonl.question_line
 
 
-def _example(row: object) -> Example:
-  if not isinstance(row, dict):
-    raise ValueError("not a JSON object")
-  for key in ("question", "answer"):
-    if not isinstance(row.get(key), str):
-      raise ValueError(f"missing or non-string '{key}'")
-  steps = steps_from_answer(row["answer"])
+def _example(row: dict) -> Example:
+  jsonl.require_strings(row, ("question", "answer"))
   return Example(question=row["question"], answer=row["answer"],
-                 final_answer=extract_answer(row["answer"]), steps=steps)
+                 final_answer=extract_answer(row["answer"]),
+                 steps=steps_from_answer(row["answer"]))
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Example]:
@@ -109,13 +104,4 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
   Raises:
     ValueError: a line is malformed; the message names `path` and the line.
   """
-  examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        examples.append(_example(json.loads(line)))
-      except ValueError as e:
-        raise ValueError(f"{path}:{line_number}: {e}") from e
-  return examples
+  return jsonl.read_jsonl(path, _example)

@@ -11,12 +11,13 @@ for any script run from this folder.)
 """
 
 import dataclasses
-import json
 import os
 import re
 import threading
 
 import math_verify
+
+from restmcts_jax.tasks import jsonl
 
 ANSWER_MARKER = "Answer:"
 
@@ -147,20 +148,14 @@ def steps_from_solution(solution: str) -> tuple[str, ...]:
   return (*(s for s in steps if s), f"{ANSWER_MARKER} \\boxed{{{answer}}}")
 
 
-def question_text(problem: str) -> str:
-  """The problem, ending with the step delimiter."""
-  return problem.strip() + "\n"
+question_text = jsonl.question_line
 
 
-def _example(row: object) -> Example:
-  if not isinstance(row, dict):
-    raise ValueError("not a JSON object")
-  for key in ("problem", "solution"):
-    if not isinstance(row.get(key), str):
-      raise ValueError(f"missing or non-string '{key}'")
-  steps = steps_from_solution(row["solution"])
+def _example(row: dict) -> Example:
+  jsonl.require_strings(row, ("problem", "solution"))
   return Example(question=row["problem"], answer=row["solution"],
-                 final_answer=extract_boxed(row["solution"]), steps=steps)
+                 final_answer=extract_boxed(row["solution"]),
+                 steps=steps_from_solution(row["solution"]))
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Example]:
@@ -169,13 +164,4 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
   Raises:
     ValueError: a line is malformed; the message names `path` and the line.
   """
-  examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        examples.append(_example(json.loads(line)))
-      except ValueError as e:
-        raise ValueError(f"{path}:{line_number}: {e}") from e
-  return examples
+  return jsonl.read_jsonl(path, _example)
