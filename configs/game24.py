@@ -1,6 +1,12 @@
-"""Game of 24 self-training on CPU: the built-in default.
+"""Game of 24 self-training on CPU: the built-in default (~20 min on 2 cores).
 
     python -m restmcts_jax.main --config configs/game24.py --workdir runs/game24
+
+Sized from measurements: with a 300-step warm start (loss 1.6) or sampling at
+temperature 1.0, the policy's steps were too sloppy for any searched tree to
+reach 24; with 1,500 steps (loss 0.54), temperature 0.7 and b = 2 (deeper trees
+in 30 iterations), 3%, 6% and 5% of the searched puzzles were solved in the
+first three iterations and greedy test accuracy went 0% -> 1% -> 2%.
 """
 
 import ml_collections
@@ -10,7 +16,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.task = "game24"
-  config.iterations = 3
+  config.iterations = 5
   config.question_width = 16  # tokens of a question
   config.max_depth = 4  # 3 moves + the Answer line
 
@@ -20,11 +26,11 @@ def get_config():
       embed_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
       mlp_dim=768, share_value_backbone=False))
   config.sampler = ml_collections.ConfigDict(
-      dict(temperature=1.0, top_k=0, top_p=1.0, max_step_len=24))
+      dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   config.warmstart = ml_collections.ConfigDict(
-      dict(steps=300, batch_size=32, learning_rate=1e-3))
+      dict(steps=1500, batch_size=32, learning_rate=1e-3))
   config.search = ml_collections.ConfigDict(dict(
-      num_iterations=20, branch=3, roll_branch=1, roll_forward_steps=2,
+      num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,
       stop_at_end_gate=False))
   config.search_questions = 128  # training questions searched per iteration

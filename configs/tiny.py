@@ -9,6 +9,7 @@ def get_config():
   config.tokenizer.corpus_size = 300
   config.model.update(embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                       head_dim=8, mlp_dim=64)
+  config.sampler.temperature = 1.0
   config.warmstart.steps = 4
   config.warmstart.batch_size = 8
   config.iterations = 2
