@@ -159,12 +159,14 @@ def run(config, workdir) -> list[dict]:
   test = [registry.Problem(game24.question_text(p.numbers), p.numbers)
           for p in splits.test[:config.eval.num_test]]
 
+  # Format-only texts (legal moves, rarely 24): the tokenizer's corpus and
+  # the warm start's data.
+  corpus = game24.warmstart_corpus(splits.train, config.tokenizer.corpus_size,
+                                   seed=config.seed)
   tokenizer_path = workdir / "tokenizer.model"
   if tokenizer_path.is_file():
     tokenizer = SentencePieceTokenizer.load(tokenizer_path)
   else:
-    corpus = game24.warmstart_corpus(splits.train, config.tokenizer.corpus_size,
-                                     seed=config.seed)
     tokenizer = SentencePieceTokenizer.train(
         corpus + [p.question for p in test], workdir / "tokenizer",
         vocab_size=config.tokenizer.vocab_size)
@@ -212,9 +214,7 @@ def run(config, workdir) -> list[dict]:
     logging.info("resumed after iteration %d from %s", start,
                  checkpoints.directory)
   else:
-    # Warm start: SFT on format-only texts (legal moves, rarely 24).
-    corpus = game24.warmstart_corpus(splits.train, config.tokenizer.corpus_size,
-                                     seed=config.seed)
+    # Warm start: SFT on the format-only corpus.
     examples = [(tokenizer.encode(t), len(tokenizer.encode(t.split("\n")[0]))
                  + 1) for t in corpus]
     batches = list(batching.sft_batches(examples, config.warmstart.batch_size,
