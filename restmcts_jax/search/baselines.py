@@ -53,8 +53,8 @@ def _step_keys(keys: Array, depth, count: int) -> Array:
 
 def _append_where(prefix, lengths, proposals, mask):
   """Appends each proposed step where `mask`; `prefix [R, L]` has room."""
-  rows, new_len = mcts_star._append(prefix, lengths, proposals.tokens,  # pylint: disable=protected-access
-                                    proposals.lengths)
+  rows, new_len = mcts_star.append_steps(prefix, lengths, proposals.tokens,
+                                         proposals.lengths)
   return (jnp.where(mask[:, None], rows, prefix),
           jnp.where(mask, new_len, lengths))
 

@@ -167,7 +167,7 @@ def _backup(t: tree_lib.Tree, leaf, active) -> tree_lib.Tree:
 # --- batched helpers ----------------------------------------------------------
 
 
-def _append(prefix: Array, lengths: Array, step: Array, step_len: Array):
+def append_steps(prefix: Array, lengths: Array, step: Array, step_len: Array):
   """Appends `step [R, S]` after each row's `lengths` in `prefix [R, L]`.
 
   Returns `[R, L]` rows and lengths; `L` must leave room for the step.
@@ -192,7 +192,7 @@ def concat_value_fn(score: Callable[[Array, Array], Array]) -> ValueFn:
   def value_fn(prefix, lengths, steps, step_lengths, k):
     prefix = jnp.repeat(prefix, k, axis=0)
     pad = jnp.zeros((prefix.shape[0], steps.shape[1]), prefix.dtype)
-    rows, new_len = _append(jnp.concatenate([prefix, pad], 1),
+    rows, new_len = append_steps(jnp.concatenate([prefix, pad], 1),
                             jnp.repeat(lengths, k), steps, step_lengths)
     return score(rows, new_len)
   return value_fn
@@ -263,7 +263,7 @@ class TokenModels:
     values = narrowest_width(
         lambda p, l, st, sl: self.value_fn(p, l, st, sl, k), ctx.tokens,
         lengths, proposals.tokens, proposals.lengths)
-    child = TokenContext(*_append(
+    child = TokenContext(*append_steps(
         jnp.repeat(ctx.tokens, k, 0), jnp.repeat(ctx.lengths, k),
         proposals.tokens, proposals.lengths))
     return proposals, values, child
