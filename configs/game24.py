@@ -16,6 +16,10 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.task = "game24"
+  config.mode = "rest_mcts"  # or "rest_em": SFT on outcome-filtered samples
+  config.progress = True  # progress bars
+  config.trees_per_iteration = 3  # HTML views of search trees per iteration
+  config.data = ml_collections.ConfigDict(dict(train="", test=""))  # JSONL tasks
   config.iterations = 5
   config.question_width = 16  # tokens of a question
   config.max_depth = 4  # 3 moves + the Answer line
@@ -24,7 +28,7 @@ def get_config():
       dict(vocab_size=400, corpus_size=4000))
   config.model = ml_collections.ConfigDict(dict(
       embed_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-      mlp_dim=768, share_value_backbone=False))
+      mlp_dim=768, hf_checkpoint=""))
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   config.warmstart = ml_collections.ConfigDict(
@@ -38,5 +42,11 @@ def get_config():
   config.train = ml_collections.ConfigDict(dict(
       policy_steps=100, value_steps=100, batch_size=32, learning_rate=3e-4,
       traces_per_question=2, min_reward=0.0))
-  config.eval = ml_collections.ConfigDict(dict(num_test=100))
+  # ReST-EM: solutions sampled per training question.
+  config.rest_em = ml_collections.ConfigDict(dict(num_samples=8))
+  # Held-out evaluation: every method at `budget` CoT samples' worth of
+  # tokens each iteration; at warm start and at the end also at `budgets`.
+  config.eval = ml_collections.ConfigDict(dict(
+      num_test=100, methods="greedy,sc,bon,tot,mcts", budget=4,
+      budgets="1,2,4,8", mcts_iterations=64, tot_branch=2))
   return config

@@ -83,5 +83,16 @@ class Checkpointer:
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
     return out.state, (out.buffers if has_buffers else {}), out.meta
 
+  def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON meta of checkpoint `step` (the latest by default), without
+    reading any array."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} "
+                              f"in {self.directory}")
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return out.meta
+
   def close(self) -> None:
     self._manager.close()

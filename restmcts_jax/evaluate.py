@@ -1,31 +1,62 @@
-r"""Grades solutions of any model with a task's verifier.
+r"""Evaluates a checkpoint's reasoning methods, or grades any model's solutions,
+with a task's verifier.
 
+    python -m restmcts_jax.evaluate --checkpoint=runs/game24 \
+        --methods=greedy,sc,bon,tot,mcts --budget=4
     python -m restmcts_jax.evaluate --task=game24 --predictions=preds.jsonl
     python -m restmcts_jax.evaluate --task=gsm8k --data=test.jsonl \
         --predictions=preds.jsonl
 
+`--checkpoint` is a workdir of `python -m restmcts_jax.main`: its latest
+checkpoint solves the problems of `--data` (default: the run's test problems)
+with each method at `--budget` CoT samples' worth of policy tokens.
 `--predictions` is a JSONL file with one `{"question": ..., "prediction": ...}`
 per line; each question is matched to the task's data by its text (spaces
-collapsed). Questions without a prediction count as wrong. Prints a table,
-then `RESULT accuracy_predictions <fraction>`.
+collapsed). Questions without a prediction count as wrong. Both print a table,
+then one line per method `RESULT accuracy_<method> <fraction>` (`predictions`
+for a predictions file).
 """
 
+import dataclasses
 import json
 import pathlib
+import sys
 from collections.abc import Sequence
 
 from absl import app
 from absl import flags
 
+from restmcts_jax import evaluation
+from restmcts_jax import experiment
 from restmcts_jax.tasks import registry
 
-_TASK = flags.DEFINE_enum("task", "game24", sorted(registry.TASKS), "Task.")
+_TASK = flags.DEFINE_enum(
+    "task", None, sorted(registry.TASKS),
+    "Task (default: the checkpoint's task, or game24).")
 _DATA = flags.DEFINE_string(
     "data", None, "Task data file (game24: a Tree-of-Thoughts puzzle CSV, "
-    "default the bundled list; gsm8k / math: JSONL).")
+    "default the bundled list, or the run's test split with --checkpoint; "
+    "gsm8k / math: JSONL).")
 _PREDICTIONS = flags.DEFINE_string(
-    "predictions", None, "JSONL of {question, prediction} to grade.",
-    required=True)
+    "predictions", None, "JSONL of {question, prediction} to grade.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Workdir of `restmcts_jax.main` whose latest "
+    "checkpoint to evaluate.")
+_METHODS = flags.DEFINE_string(
+    "methods", ",".join(evaluation.METHODS),
+    "With --checkpoint: methods, comma-separated.")
+_BUDGET = flags.DEFINE_integer(
+    "budget", 4, "With --checkpoint: budget in CoT samples (SC/BoN N; ToT "
+    "beam N/b; MCTS* stops after N greedy solutions' tokens).")
+_NUM_PROBLEMS = flags.DEFINE_integer(
+    "num_problems", 0, "With --checkpoint: evaluate the first N problems "
+    "(0: all).")
+flags.register_validator(
+    "budget", lambda b: b >= 1, message="--budget must be at least 1")
+flags.register_multi_flags_validator(
+    ["predictions", "checkpoint"],
+    lambda f: (f["predictions"] is None) != (f["checkpoint"] is None),
+    message="give exactly one of --predictions and --checkpoint")
 
 
 def _key(question: str) -> str:
@@ -70,19 +101,66 @@ def grade_predictions(task: registry.Task,
               correct=correct, accuracy=correct / max(len(problems), 1))
 
 
-def main(argv):
-  del argv
-  task = registry.get_task(_TASK.value)
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  line = lambda r: " | ".join(f"{str(x):>{w}}" for x, w in zip(r, widths))
+  return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def evaluate_checkpoint(workdir, *, task_name: str | None, data: str | None,
+                        methods: Sequence[str], budget: int,
+                        num_problems: int = 0
+                        ) -> list[evaluation.MethodResult]:
+  """Every method at `budget` with the latest checkpoint of `workdir`."""
+  config, tokenizer, models, _ = experiment.restore(workdir)
+  task = registry.get_task(task_name or config.task)
+  if data is not None or task.name != config.task:
+    problems = task.load(data)
+  else:
+    problems = experiment.load_data(config).test
+  problems = problems[:num_problems or None]
+  context = experiment.eval_context(config, tokenizer)
+  context = dataclasses.replace(context, task=task)
+  results, _ = evaluation.evaluate(models, context, problems, methods=methods,
+                                   budgets=[budget], seed=config.seed)
+  return results
+
+
+def _main_checkpoint():
+  methods = experiment.parse_methods(_METHODS.value, key="--methods")
+  results = evaluate_checkpoint(
+      _CHECKPOINT.value, task_name=_TASK.value, data=_DATA.value,
+      methods=methods, budget=_BUDGET.value, num_problems=_NUM_PROBLEMS.value)
+  print(_table(("method", "samples", "accuracy", "policy tokens/q",
+                "value tokens/q"),
+               [(r.method, r.samples, f"{r.accuracy:.3f}",
+                 f"{r.policy_tokens:.1f}", f"{r.value_tokens:.1f}")
+                for r in results]))
+  for r in results:
+    print(f"RESULT accuracy_{r.method} {r.accuracy:.4f}")
+
+
+def _main_predictions():
+  task = registry.get_task(_TASK.value or "game24")
   problems = task.load(_DATA.value)
   predictions = read_predictions(_PREDICTIONS.value,
                                  {_key(p.question) for p in problems})
   result = grade_predictions(task, problems, predictions)
-  print(f"{'task':>8} | {'problems':>8} | {'predicted':>9} | {'correct':>7} | "
-        f"{'accuracy':>8}")
-  print(f"{task.name:>8} | {result['problems']:>8} | "
-        f"{result['predicted']:>9} | {result['correct']:>7} | "
-        f"{result['accuracy']:>8.3f}")
+  print(_table(("task", "problems", "predicted", "correct", "accuracy"),
+               [(task.name, result["problems"], result["predicted"],
+                 result["correct"], f"{result['accuracy']:.3f}")]))
   print(f"RESULT accuracy_predictions {result['accuracy']:.4f}")
+
+
+def main(argv):
+  del argv
+  try:
+    if _CHECKPOINT.value is not None:
+      _main_checkpoint()
+    else:
+      _main_predictions()
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

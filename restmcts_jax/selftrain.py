@@ -1,62 +1,52 @@
-"""Building blocks of one self-training iteration (SPEC Algorithm 1).
+"""The self-training loop (SPEC Algorithm 1) as resumable phases.
 
-    trees   = search_lm(π, V, questions)                       (device, batched)
-    correct = label_final_nodes(trees, task, references)        (host: verifier)
-    D_V     = value_targets.value_records(trees, targets)       (Eq. 1–2)
-    D_G     = traces.select_traces(trees, correct)              (verified traces)
-    V <- value steps on D_V ;  π <- SFT steps on D_G
-    accuracy = greedy_accuracy(π, test questions)
+    warmstart  π <- SFT on D_0 (format-only texts / training references)
+    eval       every method on held-out questions at equal token budgets
+    then per iteration:
+    collect    ReST-MCTS*: MCTS* over training questions, the verifier labels
+               finished leaves -> D_V (Eq. 1-2) and D_G (verified traces);
+               ReST-EM: N sampled solutions per question, the correct ones
+               -> D_G (no value model)
+    train      V <- value steps on D_V (accumulated over iterations);
+               π <- SFT steps on this iteration's D_G
+    eval       as above
 
-The oracle (answer or verifier) only labels finished leaves of training trees;
-at evaluation the policy decides and the verifier grades.
+A checkpoint (parameters, D_V, D_G, metrics) is written after every phase,
+so a run killed at any moment continues from the last phase boundary and
+ends with the same metrics; SIGTERM (preemption) stops it cleanly at the next
+boundary. The oracle only labels training trees; at evaluation the policy and
+the value model decide and the verifier grades.
 """
 
 import dataclasses
 import json
 import pathlib
+import signal
+import threading
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from absl import logging
 from flax import nnx
 
 from restmcts_jax import checkpoint
-from restmcts_jax import sampling
-from restmcts_jax.models import transformer as transformer_lib
-from restmcts_jax.models import value_head
+from restmcts_jax import evaluation
+from restmcts_jax import experiment
+from restmcts_jax import plots
 from restmcts_jax.rewards import traces as traces_lib
 from restmcts_jax.rewards import value_targets
-from restmcts_jax.search import baselines
 from restmcts_jax.search import mcts_star
 from restmcts_jax.search import tree as tree_lib
-from restmcts_jax.tasks import game24
+from restmcts_jax.search import views
 from restmcts_jax.tasks import registry
-from restmcts_jax.tokenizer import SentencePieceTokenizer
-from restmcts_jax.tokenizer import Tokenizer
 from restmcts_jax.training import batching
 from restmcts_jax.training import optim
 from restmcts_jax.training import steps as training_steps
 
-
-def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], width: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded token rows `[R, width]` and lengths `[R]`.
-
-  Raises:
-    ValueError: naming the first text longer than `width` tokens.
-  """
-  tokens = np.full((len(texts), width), 0, np.int32)
-  lengths = np.zeros((len(texts),), np.int32)
-  for i, text in enumerate(texts):
-    ids = tokenizer.encode(text)
-    if len(ids) > width:
-      raise ValueError(f"text {i} has {len(ids)} tokens, more than {width}: "
-                       f"{text[:60]!r}")
-    tokens[i, :len(ids)] = ids
-    lengths[i] = len(ids)
-  return tokens, lengths
+MODES = ("rest_mcts", "rest_em")
 
 
 def label_final_nodes(
@@ -90,215 +80,422 @@ def iteration_data(tree: tree_lib.Tree, correct: np.ndarray, *,
   return records, traces
 
 
-def greedy_accuracy(
-    policy,
-    tokenizer: Tokenizer,
-    task: registry.Task,
-    problems: Sequence[registry.Problem],
-    sampler_config: sampling.SamplerConfig,
-    *,
-    max_depth: int,
-    question_width: int,
-) -> tuple[float, list[str]]:
-  """CoT accuracy: one greedy solution per problem, graded by the verifier.
-
-  Returns the accuracy and the solution texts.
-  """
-  config = dataclasses.replace(sampler_config, temperature=0.0)
-  tokens, lengths = encode_rows(tokenizer, [p.question for p in problems],
-                                question_width)
-  graphdef, state = nnx.split(policy)
-
-  @jax.jit
-  def solve(state, tokens, lengths):
-    model = nnx.merge(graphdef, state)
-    return baselines.sample_solutions(
-        mcts_star.lm_policy_fn(model, config), tokens, lengths,
-        jax.random.split(jax.random.key(0), tokens.shape[0]), num_samples=1,
-        max_depth=max_depth, max_step_len=config.max_step_len)
-
-  out = jax.device_get(solve(state, jnp.asarray(tokens), jnp.asarray(lengths)))
-  texts = [tokenizer.decode(row[:n].tolist())
-           for row, n in zip(out.tokens, out.lengths)]
-  correct = [task.is_correct(t, p.reference) for t, p in zip(texts, problems)]
-  return float(np.mean(correct)), texts
+def schedule(iterations: int) -> list[tuple[str, int]]:
+  """The run's phases as `(name, iteration)`; a checkpoint's step is its
+  phase's index here, so adding iterations keeps earlier steps valid."""
+  phases = [("warmstart", 0), ("eval", 0)]
+  for i in range(1, iterations + 1):
+    phases += [("collect", i), ("train", i), ("eval", i)]
+  return phases
 
 
-# --- the loop -------------------------------------------------------------------
+# --- variable-size data carried between phases -------------------------------
 
 
-def _train(graphdef, state, tx, loss_fn, batches, steps_):
-  """`steps_` optimizer steps cycling over `batches`; returns the state and
-  the mean loss."""
-  step = training_steps.make_train_step(graphdef, loss_fn, tx)
-  losses = []
-  for i in range(steps_):
-    state, metrics = step(state, batches[i % len(batches)])
-    losses.append(float(metrics["loss"]))
-  return state, float(np.mean(losses)) if losses else float("nan")
+def _pad_rows(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  width = max((len(r) for r in rows), default=1)
+  tokens = np.zeros((len(rows), width), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return tokens, np.array([len(r) for r in rows], np.int32)
 
 
-def _rows_to_lists(tokens, lengths):
+def _unpad_rows(tokens, lengths) -> list[list[int]]:
   return [row[:n].tolist() for row, n in zip(tokens, lengths)]
 
 
-def run(config, workdir) -> list[dict]:
-  """Runs Algorithm 1 on Game of 24 and returns the metrics of every
-  iteration (also appended to `workdir/metrics.jsonl`).
+@dataclasses.dataclass
+class Buffers:
+  """D_V (value rows and targets, accumulated over iterations) and D_G (SFT
+  rows and their prompt lengths, this iteration's)."""
 
-  Resumable: a checkpoint is written after the warm start and after every
-  iteration; rerunning with the same workdir continues from the last one.
+  value_rows: list[list[int]] = dataclasses.field(default_factory=list)
+  value_targets: list[float] = dataclasses.field(default_factory=list)
+  traces: list[tuple[list[int], int]] = dataclasses.field(
+      default_factory=list)
+
+  def to_arrays(self) -> dict[str, np.ndarray]:
+    """Arrays for the checkpoint (empty parts left out: orbax refuses
+    zero-size items)."""
+    out = {}
+    if self.value_rows:
+      tokens, lengths = _pad_rows(self.value_rows)
+      out.update(value_tokens=tokens, value_lengths=lengths,
+                 value_targets=np.asarray(self.value_targets, np.float32))
+    if self.traces:
+      tokens, lengths = _pad_rows([t for t, _ in self.traces])
+      out.update(trace_tokens=tokens, trace_lengths=lengths,
+                 trace_prompt_len=np.array([p for _, p in self.traces],
+                                           np.int32))
+    return out
+
+  @classmethod
+  def from_arrays(cls, arrays: dict) -> "Buffers":
+    out = cls()
+    if "value_tokens" in arrays:
+      out.value_rows = _unpad_rows(arrays["value_tokens"],
+                                   arrays["value_lengths"])
+      out.value_targets = [float(t) for t in arrays["value_targets"]]
+    if "trace_tokens" in arrays:
+      rows = _unpad_rows(arrays["trace_tokens"], arrays["trace_lengths"])
+      out.traces = list(zip(rows, map(int, arrays["trace_prompt_len"])))
+    return out
+
+
+# --- outputs -------------------------------------------------------------------
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+class Outputs:
+  """What a run writes besides checkpoints, all derived from the checkpoint's
+  metrics so a resumed run rewrites them consistently:
+
+    metrics.jsonl   one row per iteration (0 = warm start)
+    eval.jsonl      every (iteration, method, budget) evaluation
+    plots/accuracy_per_iteration.png, plots/accuracy_vs_budget.png
+    trees/iteration_<i>/{search,eval}_<q>.html
+    tensorboard/    TensorBoard event files
   """
-  if config.task != "game24":
-    raise ValueError(f"config.task={config.task!r}: the self-training loop "
-                     "supports 'game24' so far")
+
+  def __init__(self, workdir: pathlib.Path, *, enabled: bool):
+    self.workdir = workdir
+    self.enabled = enabled  # only process 0 writes
+    self._writer = None
+
+  def publish(self, meta: dict, new_row: dict | None) -> None:
+    if not self.enabled:
+      return
+    _write_atomic(self.workdir / "metrics.jsonl", "".join(
+        json.dumps(m) + "\n" for m in meta["metrics"]))
+    _write_atomic(self.workdir / "eval.jsonl", "".join(
+        json.dumps(r) + "\n" for r in meta["evaluations"]))
+    if not meta["metrics"]:
+      return
+    plots.accuracy_per_iteration(
+        meta["metrics"], self.workdir / "plots" / "accuracy_per_iteration.png")
+    last = meta["metrics"][-1]["iteration"]
+    curve = [r for r in meta["evaluations"] if r["iteration"] == last]
+    plots.accuracy_vs_budget(
+        curve, self.workdir / "plots" / "accuracy_vs_budget.png",
+        title=f"Accuracy vs token budget, iteration {last}")
+    if new_row is not None:
+      if self._writer is None:
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self._writer = tensorboardX.SummaryWriter(
+            str(self.workdir / "tensorboard"))
+      for key, value in new_row.items():
+        if isinstance(value, (int, float)) and key != "iteration":
+          self._writer.add_scalar(key, value, new_row["iteration"])
+      self._writer.flush()
+
+  def trees(self, iteration: int, kind: str, result, decode,
+            count: int) -> None:
+    """HTML pages of the first `count` trees of a `SearchResult`."""
+    if not self.enabled or result is None:
+      return
+    folder = self.workdir / "trees" / f"iteration_{iteration}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for q in range(min(count, result.tree.batch_size)):
+      page = views.tree_to_html(
+          result.tree, q, answer_node=int(result.answer_node[q]),
+          decode=decode, title=f"{kind} tree {q}, iteration {iteration}")
+      _write_atomic(folder / f"{kind}_{q}.html", page)
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+
+
+class StopOnSignal:
+  """Records SIGTERM (preemption notice) and SIGINT so the loop can stop at
+  the next phase boundary after saving; a second signal acts as usual."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+    signal.signal(signum, self._previous[signum])  # the next one is final
+    logging.warning("%s: stopping after the current phase",
+                    self.requested)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+# --- the loop ------------------------------------------------------------------
+
+
+class _Loop:
+  """The phases of one run; state is `{"policy", "value"}` parameters."""
+
+  def __init__(self, config, workdir: pathlib.Path):
+    if config.mode not in MODES:
+      raise ValueError(f"config.mode={config.mode!r}: choose from {MODES}")
+    self.config = config
+    self.workdir = workdir
+    self.task = registry.get_task(config.task)
+    self.data = experiment.load_data(config)
+    self.tokenizer = experiment.tokenizer_for(config, workdir, self.data)
+    policy, value_model = experiment.models_for(config, self.tokenizer)
+    self.policy_graph, policy_params = nnx.split(policy)
+    self.value_graph, value_params = nnx.split(value_model)
+    self.initial_state = dict(policy=policy_params, value=value_params)
+    self.sampler_config = experiment.sampler_config_for(config,
+                                                        self.tokenizer)
+    self.search_config = experiment.search_config_for(config)
+    self.eval_context = experiment.eval_context(config, self.tokenizer)
+    self.eval_methods = experiment.parse_methods(config.eval.methods)
+    self.eval_budgets = experiment.parse_budgets(config.eval.budgets)
+    self.outputs = Outputs(workdir, enabled=jax.process_index() == 0)
+
+  def _bar(self, total, desc):
+    return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                     disable=not (self.config.progress and
+                                  jax.process_index() == 0))
+
+  def _train(self, graph, params, loss_fn, batches, num_steps: int,
+             learning_rate: float, what: str):
+    """`num_steps` AdamW steps (fresh optimizer, warm-up + cosine) cycling
+    over `batches`; returns the parameters and the mean loss.
+
+    Raises:
+      FloatingPointError: on a non-finite loss, naming the phase and step;
+        nothing is saved, so the last checkpoint stays as it was.
+    """
+    tx = optim.make_optimizer(optim.OptimizerConfig(
+        learning_rate=learning_rate, warmup_steps=min(10, num_steps),
+        total_steps=max(num_steps, 1)))
+    state = training_steps.init_state(params, tx)
+    step = training_steps.make_train_step(graph, loss_fn, tx)
+    losses = []
+    with self._bar(num_steps, what) as bar:
+      for i in range(num_steps):
+        state, metrics = step(state, batches[i % len(batches)])
+        losses.append(float(metrics["loss"]))
+        if not np.isfinite(losses[-1]):
+          raise FloatingPointError(
+              f"{what}: loss is {losses[-1]} at step {i + 1}/{num_steps} "
+              f"(learning rate {learning_rate}); the last checkpoint in "
+              f"{self.workdir / 'checkpoints'} is intact")
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return state.params, float(np.mean(losses)) if losses else float("nan")
+
+  # -- phases: (state, buffers, meta, iteration) -> (state, buffers) -----------
+
+  def warmstart(self, state, buffers, meta, iteration):
+    del iteration
+    c = self.config.warmstart
+    examples = []
+    for text in self.data.warmstart:
+      question = text.split("\n")[0] + "\n"
+      examples.append((self.tokenizer.encode(text),
+                       len(self.tokenizer.encode(question))))
+    if c.steps and examples:
+      batches = list(batching.sft_batches(examples, c.batch_size,
+                                          seed=self.config.seed))
+      state["policy"], loss = self._train(
+          self.policy_graph, state["policy"], training_steps.sft_loss,
+          batches, c.steps, c.learning_rate, "warm start")
+      logging.info("warm start: %d SFT steps, loss %.3f", c.steps, loss)
+      meta["current"]["warmstart_loss"] = loss
+    return state, buffers
+
+  def collect(self, state, buffers, meta, iteration):
+    config = self.config
+    picks = np.random.default_rng([config.seed, iteration]).choice(
+        len(self.data.train), min(config.search_questions,
+                                  len(self.data.train)), replace=False)
+    problems = [self.data.train[i] for i in picks]
+    policy = nnx.merge(self.policy_graph, state["policy"])
+    value_model = nnx.merge(self.value_graph, state["value"])
+    graphdef, search_state = nnx.split((policy, value_model))
+    solved = tokens_used = 0
+    traces, records = [], []
+    desc = f"{'search' if config.mode == 'rest_mcts' else 'sample'} " \
+           f"iteration {iteration}"
+    with self._bar(len(problems), desc) as bar:
+      for lo in range(0, len(problems), config.search_batch):
+        chunk = problems[lo:lo + config.search_batch]
+        questions, qlen = evaluation.encode_rows(
+            self.tokenizer, [p.question for p in chunk], config.question_width)
+        keys = jax.random.split(jax.random.fold_in(
+            jax.random.key(config.seed), iteration * 1_000_003 + lo),
+                                len(chunk))
+        if config.mode == "rest_mcts":
+          result = jax.device_get(mcts_star.search_lm(
+              graphdef, search_state, jnp.asarray(questions),
+              jnp.asarray(qlen), keys, self.sampler_config,
+              self.search_config))
+          correct = label_final_nodes(
+              result.tree, self.task, [p.reference for p in chunk],
+              self.tokenizer.decode, max_depth=config.max_depth)
+          recs, found = iteration_data(
+              result.tree, correct, max_depth=config.max_depth,
+              top_k=config.train.traces_per_question,
+              min_reward=config.train.min_reward)
+          records.append(recs)
+          traces += [(row[:n].tolist(), int(q)) for row, n, q in zip(
+              found.tokens, found.lengths, found.question_len)]
+          solved += int(correct.any(axis=1).sum())
+          if lo == 0:
+            self.outputs.trees(iteration, "search", result,
+                               self.tokenizer.decode, config.trees_per_iteration)
+        else:
+          found, hits, used = self._sample_correct(
+              graphdef, search_state, chunk, questions, qlen, keys)
+          traces += found
+          solved += hits
+          result = None
+        tokens_used += int(np.sum(result.policy_tokens)) if result else used
+        bar.update(len(chunk))
+    for r in records:  # D_V accumulates over iterations
+      buffers.value_rows += _unpad_rows(r.tokens, r.lengths)
+      buffers.value_targets += [float(t) for t in r.target]
+    buffers.traces = traces
+    meta["current"].update(
+        search_solved=solved / len(problems),
+        search_policy_tokens=tokens_used / len(problems),
+        value_records=len(buffers.value_rows), traces=len(traces))
+    return state, buffers
+
+  def _sample_correct(self, graphdef, state, problems, questions, qlen, keys):
+    """ReST-EM's data: `rest_em.num_samples` solutions per question, the
+    distinct correct ones (at most `train.traces_per_question`).
+
+    Returns `(traces, questions solved, policy tokens)`.
+    """
+    n = self.config.rest_em.num_samples
+    out = jax.device_get(evaluation.sample_solutions(
+        graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
+        sampler_config=self.sampler_config, num_samples=n,
+        max_depth=self.config.max_depth, score=False))
+    traces, solved = [], 0
+    for q, problem in enumerate(problems):
+      kept = set()
+      for r in range(q * n, (q + 1) * n):
+        row = out.tokens[r, :out.lengths[r]].tolist()
+        if (len(kept) < self.config.train.traces_per_question
+            and tuple(row) not in kept
+            and self.task.is_correct(self.tokenizer.decode(row),
+                                     problem.reference)):
+          kept.add(tuple(row))
+          traces.append((row, int(qlen[q])))
+      solved += bool(kept)
+    return traces, solved, int(np.sum(out.policy_tokens))
+
+  def train(self, state, buffers, meta, iteration):
+    c = self.config.train
+    seed = int(np.random.default_rng([self.config.seed, iteration]).integers(
+        1 << 30))
+    value_loss = policy_loss = None
+    if self.config.mode == "rest_mcts" and buffers.value_rows:
+      batches = list(batching.value_batches(
+          buffers.value_rows, np.asarray(buffers.value_targets), c.batch_size,
+          seed=seed))
+      state["value"], value_loss = self._train(
+          self.value_graph, state["value"], training_steps.value_loss,
+          batches, c.value_steps, c.learning_rate,
+          f"value training, iteration {iteration}")
+    if buffers.traces:
+      batches = list(batching.sft_batches(buffers.traces, c.batch_size,
+                                          seed=seed + 1))
+      state["policy"], policy_loss = self._train(
+          self.policy_graph, state["policy"], training_steps.sft_loss,
+          batches, c.policy_steps, c.learning_rate,
+          f"policy SFT, iteration {iteration}")
+    buffers.traces = []
+    meta["current"].update(value_loss=value_loss, policy_loss=policy_loss)
+    return state, buffers
+
+  def eval(self, state, buffers, meta, iteration):
+    config = self.config
+    models = (nnx.merge(self.policy_graph, state["policy"]),
+              nnx.merge(self.value_graph, state["value"]))
+    final = iteration == config.iterations
+    budgets = sorted(set(self.eval_budgets) if final or iteration == 0
+                     else {config.eval.budget})
+    if config.eval.budget not in budgets:
+      budgets.append(config.eval.budget)
+    runs = sum(1 if m == "greedy" else len(budgets)
+               for m in self.eval_methods)
+    with self._bar(runs, f"evaluation, iteration {iteration}") as bar:
+      results, search = evaluation.evaluate(
+          models, self.eval_context, self.data.test,
+          methods=self.eval_methods, budgets=budgets,
+          seed=config.seed + 7919 * iteration,
+          progress=lambda *_: bar.update())
+    self.outputs.trees(iteration, "eval", search, self.tokenizer.decode,
+                       config.trees_per_iteration)
+    row = dict(iteration=iteration, **meta["current"])
+    for r in results:
+      meta["evaluations"].append(dict(iteration=iteration, **r.row()))
+      if r.samples == (1 if r.method == "greedy" else config.eval.budget):
+        row[f"accuracy_{r.method}"] = r.accuracy
+        row[f"tokens_{r.method}"] = r.policy_tokens
+    meta["metrics"].append(row)
+    meta["current"] = {}
+    return state, buffers
+
+
+def run(config, workdir) -> list[dict]:
+  """Runs (or resumes) Algorithm 1 as configured and returns the metrics
+  rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  task = registry.get_task("game24")
-  splits = game24.splits(seed=config.seed)
-  test = [registry.Problem(game24.question_text(p.numbers), p.numbers)
-          for p in splits.test[:config.eval.num_test]]
-
-  # Format-only texts (legal moves, rarely 24): the tokenizer's corpus and
-  # the warm start's data.
-  corpus = game24.warmstart_corpus(splits.train, config.tokenizer.corpus_size,
-                                   seed=config.seed)
-  tokenizer_path = workdir / "tokenizer.model"
-  if tokenizer_path.is_file():
-    tokenizer = SentencePieceTokenizer.load(tokenizer_path)
-  else:
-    tokenizer = SentencePieceTokenizer.train(
-        corpus + [p.question for p in test], workdir / "tokenizer",
-        vocab_size=config.tokenizer.vocab_size)
-  m = config.model
-  model_config = transformer_lib.TransformerConfig(
-      vocab_size=tokenizer.vocab_size, embed_dim=m.embed_dim,
-      num_layers=m.num_layers, num_heads=m.num_heads,
-      num_kv_heads=m.num_kv_heads, head_dim=m.head_dim, mlp_dim=m.mlp_dim)
-  policy = transformer_lib.Transformer(model_config,
-                                       rngs=nnx.Rngs(config.seed))
-  value_model = value_head.make_value_model(
-      policy, share_backbone=False, rngs=nnx.Rngs(config.seed + 1))
-  policy_graph, policy_params = nnx.split(policy)
-  value_graph, value_params = nnx.split(value_model)
-  policy_tx = optim.make_optimizer(optim.OptimizerConfig(
-      learning_rate=config.train.learning_rate, warmup_steps=10,
-      total_steps=config.warmstart.steps + config.iterations *
-      config.train.policy_steps))
-  value_tx = optim.make_optimizer(optim.OptimizerConfig(
-      learning_rate=config.train.learning_rate, warmup_steps=10,
-      total_steps=config.iterations * config.train.value_steps))
-  state = dict(policy=training_steps.init_state(policy_params, policy_tx),
-               value=training_steps.init_state(value_params, value_tx))
-
-  s = config.sampler
-  sampler_config = sampling.SamplerConfig(
-      max_step_len=s.max_step_len, temperature=s.temperature, top_k=s.top_k,
-      top_p=s.top_p, stop_token_ids=tokenizer.step_delimiter_ids(),
-      eos_token_id=tokenizer.eos_id,
-      answer_marker_ids=tuple(tokenizer.encode(game24.ANSWER_MARKER)))
-  search_config = mcts_star.MCTSConfig(
-      max_depth=config.max_depth, max_step_len=s.max_step_len,
-      **config.search.to_dict())
-
-  checkpoints = checkpoint.Checkpointer(workdir / "checkpoints")
-  metrics_path = workdir / "metrics.jsonl"
-  no_records = dict(tokens=np.zeros((0, 1), np.int32),
-                    lengths=np.zeros((0,), np.int32),
-                    target=np.zeros((0,), np.float32))
-  records = no_records
+  experiment.check_config(config, workdir)
+  loop = _Loop(config, workdir)
+  phases = schedule(config.iterations)
+  checkpoints = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=2)
+  state, buffers = loop.initial_state, Buffers()
+  meta = dict(phase=-1, metrics=[], evaluations=[], current={},
+              vocab_size=loop.tokenizer.vocab_size)
   if checkpoints.latest_step() is not None:
-    state, records, meta = checkpoints.restore(checkpoint.abstract_like(state))
-    records = records or no_records
-    start = meta["iteration"]
-    logging.info("resumed after iteration %d from %s", start,
-                 checkpoints.directory)
-  else:
-    # Warm start: SFT on the format-only corpus.
-    examples = [(tokenizer.encode(t), len(tokenizer.encode(t.split("\n")[0]))
-                 + 1) for t in corpus]
-    batches = list(batching.sft_batches(examples, config.warmstart.batch_size,
-                                        seed=config.seed))
-    state["policy"], loss = _train(policy_graph, state["policy"], policy_tx,
-                                   training_steps.sft_loss, batches,
-                                   config.warmstart.steps)
-    logging.info("warm start: %d SFT steps, loss %.3f", config.warmstart.steps,
-                 loss)
-    metrics_path.write_text("")
-    checkpoints.save(0, state, {}, dict(iteration=0))
-    start = 0
-
-  rng = np.random.default_rng(config.seed)
-  for iteration in range(start, config.iterations):
-    policy = nnx.merge(policy_graph, state["policy"].params)
-    value_model = nnx.merge(value_graph, state["value"].params)
-    graphdef, search_state = nnx.split((policy, value_model))
-    # MCTS* over training questions, labelled by the verifier.
-    picks = np.random.default_rng([config.seed, iteration]).choice(
-        len(splits.train), config.search_questions, replace=False)
-    puzzles = [splits.train[i].numbers for i in picks]
-    new_records, new_traces, solved, tokens_used = [], [], 0, 0
-    for lo in range(0, len(puzzles), config.search_batch):
-      chunk = puzzles[lo:lo + config.search_batch]
-      questions, qlen = encode_rows(
-          tokenizer, [game24.question_text(p) for p in chunk],
-          config.question_width)
-      keys = jax.random.split(jax.random.fold_in(
-          jax.random.key(config.seed), iteration * 1_000_003 + lo), len(chunk))
-      result = jax.device_get(mcts_star.search_lm(
-          graphdef, search_state, jnp.asarray(questions), jnp.asarray(qlen),
-          keys, sampler_config, search_config))
-      correct = label_final_nodes(result.tree, task, chunk, tokenizer.decode,
-                                  max_depth=config.max_depth)
-      solved += int(correct.any(axis=1).sum())
-      tokens_used += int(result.policy_tokens.sum())
-      recs, traces = iteration_data(
-          result.tree, correct, max_depth=config.max_depth,
-          top_k=config.train.traces_per_question,
-          min_reward=config.train.min_reward)
-      new_records.append(recs)
-      new_traces += [(row[:n].tolist(), int(q)) for row, n, q in zip(
-          traces.tokens, traces.lengths, traces.question_len)]
-    # D_V accumulates over iterations; D_G is this iteration's traces.
-    value_rows = _rows_to_lists(records["tokens"], records["lengths"]) + [
-        row for r in new_records for row in _rows_to_lists(r.tokens,
-                                                           r.lengths)]
-    all_targets = np.concatenate(
-        [records["target"]] + [r.target for r in new_records])
-    value_loss = policy_loss = float("nan")
-    if value_rows:
-      batches = list(batching.value_batches(
-          value_rows, all_targets, config.train.batch_size,
-          seed=int(rng.integers(1 << 30))))
-      state["value"], value_loss = _train(
-          value_graph, state["value"], value_tx, training_steps.value_loss,
-          batches, config.train.value_steps)
-    if new_traces:
-      batches = list(batching.sft_batches(new_traces, config.train.batch_size,
-                                          seed=int(rng.integers(1 << 30))))
-      state["policy"], policy_loss = _train(
-          policy_graph, state["policy"], policy_tx, training_steps.sft_loss,
-          batches, config.train.policy_steps)
-    accuracy, _ = greedy_accuracy(
-        nnx.merge(policy_graph, state["policy"].params), tokenizer, task, test,
-        sampler_config, max_depth=config.max_depth,
-        question_width=config.question_width)
-    width = max(len(r) for r in value_rows) if value_rows else 1
-    padded = np.zeros((len(value_rows), width), np.int32)
-    for i, row in enumerate(value_rows):
-      padded[i, :len(row)] = row
-    records = dict(tokens=padded,
-                   lengths=np.array([len(r) for r in value_rows], np.int32),
-                   target=all_targets.astype(np.float32))
-    metrics = dict(iteration=iteration + 1, greedy_accuracy=accuracy,
-                   search_solved=solved / len(puzzles),
-                   search_policy_tokens=tokens_used,
-                   value_records=len(value_rows), traces=len(new_traces),
-                   value_loss=value_loss, policy_loss=policy_loss)
-    logging.info("iteration %d: %s", iteration + 1, metrics)
-    with metrics_path.open("a") as f:
-      f.write(json.dumps(metrics) + "\n")
-    checkpoints.save(iteration + 1, state,
-                     records if len(records["target"]) else {},
-                     dict(iteration=iteration + 1))
-  return [json.loads(l) for l in metrics_path.read_text().splitlines()]
+    experiment.check_checkpoint_vocab(checkpoints, loop.tokenizer, workdir)
+    state, arrays, meta = checkpoints.restore(
+        checkpoint.abstract_like(state))
+    buffers = Buffers.from_arrays(arrays)
+    name, iteration = phases[meta["phase"]] if meta["phase"] < len(
+        phases) else ("end", config.iterations)
+    logging.info("resumed after phase %s of iteration %d from %s", name,
+                 iteration, checkpoints.directory)
+  try:
+    with StopOnSignal() as stop:
+      for index in range(meta["phase"] + 1, len(phases)):
+        name, iteration = phases[index]
+        rows_before = len(meta["metrics"])
+        state, buffers = getattr(loop, name)(state, buffers, meta, iteration)
+        meta["phase"] = index
+        checkpoints.save(index, state, buffers.to_arrays(), meta)
+        new_row = (meta["metrics"][-1] if len(meta["metrics"]) > rows_before
+                   else None)
+        loop.outputs.publish(meta, new_row)
+        if new_row is not None:
+          logging.info("iteration %d: %s", iteration, new_row)
+        if stop.requested and index + 1 < len(phases):
+          logging.warning("%s: saved after phase %s of iteration %d; rerun the "
+                          "same command to continue", stop.requested, name,
+                          iteration)
+          break
+  finally:
+    loop.outputs.close()
+    checkpoints.close()
+  return meta["metrics"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from restmcts_jax import evaluation
 from restmcts_jax import sampling
 from restmcts_jax import selftrain
 from restmcts_jax.models import transformer as tl
@@ -34,7 +35,7 @@ def tokenizer(tmp_path_factory):
 
 def _tree_with_solution_and_a_wrong_branch(tokenizer):
   """Per puzzle: the solver's 4 steps, plus a wrong final step off step 2."""
-  questions, qlen = selftrain.encode_rows(
+  questions, qlen = evaluation.encode_rows(
       tokenizer, [game24.question_text(p) for p in PUZZLES], 16)
   tree = tree_lib.init_tree(jnp.asarray(questions), jnp.asarray(qlen),
                             num_slots=8, branching=2, max_step_len=STEP)
@@ -47,7 +48,7 @@ def _tree_with_solution_and_a_wrong_branch(tokenizer):
     else:
       lines = [[l] for l in lines]
     k = len(lines[0])
-    tokens, lengths = selftrain.encode_rows(
+    tokens, lengths = evaluation.encode_rows(
         tokenizer, [t for row in lines for t in row], STEP)
     final = np.array([[t.startswith("Answer:") for t in row] for row in lines])
     tree, index = tree_lib.add_children(
@@ -90,12 +91,18 @@ def test_search_and_greedy_evaluation_with_a_tiny_lm(tokenizer):
       eos_token_id=tokenizer.eos_id,
       answer_marker_ids=tuple(tokenizer.encode("Answer")))
   problems = [registry.Problem(game24.question_text(p), p) for p in PUZZLES]
-  accuracy, texts = selftrain.greedy_accuracy(
-      policy, tokenizer, TASK, problems, sampler_config, max_depth=MAX_DEPTH,
-      question_width=16)
-  assert accuracy == 0.0  # an untrained model does not solve Game of 24
-  assert all(t.startswith(p.question) for t, p in zip(texts, problems))
-  questions, qlen = selftrain.encode_rows(
+  context = evaluation.EvalContext(
+      tokenizer=tokenizer, task=TASK, sampler_config=sampler_config,
+      search_config=mcts_star.MCTSConfig(max_depth=MAX_DEPTH,
+                                         max_step_len=STEP),
+      max_depth=MAX_DEPTH, question_width=16)
+  greedy, _ = evaluation.run_method("greedy", 1, (policy, value_model),
+                                    context, problems, jax.random.key(0),
+                                    greedy_tokens=0.0)
+  assert greedy.accuracy == 0.0  # an untrained model does not solve Game of 24
+  assert all(t.startswith(p.question)
+             for t, p in zip(greedy.solutions, problems))
+  questions, qlen = evaluation.encode_rows(
       tokenizer, [p.question for p in problems], 16)
   search = mcts_star.MCTSConfig(num_iterations=3, branch=2, roll_branch=1,
                                 roll_forward_steps=1, max_depth=MAX_DEPTH,
@@ -125,15 +132,16 @@ def test_the_loop_runs_trains_on_its_own_data_and_resumes(tmp_path,
     return np.asarray(tree.final) & np.asarray(tree.used)
   monkeypatch.setattr(selftrain, "label_final_nodes", every_final_is_correct)
   first = selftrain.run(config, tmp_path)
-  assert len(first) == 1
-  m = first[0]
+  assert [m["iteration"] for m in first] == [0, 1]  # 0: after the warm start
+  m = first[1]
   assert m["value_records"] > 0 and m["traces"] > 0, m
   assert np.isfinite(m["value_loss"]) and np.isfinite(m["policy_loss"])
-  assert 0.0 <= m["greedy_accuracy"] <= 1.0
+  for method in evaluation.METHODS:
+    assert 0.0 <= m[f"accuracy_{method}"] <= 1.0
   assert (tmp_path / "tokenizer.model").is_file()
-  # Rerunning with a larger budget resumes after iteration 1.
+  # Rerunning with more iterations resumes after iteration 1.
   config.iterations = 2
   second = selftrain.run(config, tmp_path)
-  assert len(second) == 2 and second[0] == m
-  assert second[1]["iteration"] == 2
-  assert second[1]["value_records"] >= m["value_records"]  # D_V accumulates
+  assert second[:2] == first
+  assert second[2]["iteration"] == 2
+  assert second[2]["value_records"] >= m["value_records"]  # D_V accumulates

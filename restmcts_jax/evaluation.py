@@ -1,0 +1,272 @@
+"""Held-out evaluation of the reasoning methods at equal token budgets.
+
+Methods (SPEC "Baselines" and MCTS*):
+
+  greedy  CoT: one greedy solution.
+  sc      Self-Consistency@N: N sampled solutions, majority vote on answers.
+  bon     Best-of-N: N sampled solutions, the value model picks one.
+  tot     ToT-BFS: a beam of k = N / b partial solutions, b samples per entry
+          and step, the value model keeps the k best.
+  mcts    MCTS*: the search stops once a question has generated N * L tokens.
+
+A budget is given in CoT samples N and made a token budget through L, the
+policy tokens of the greedy solution averaged over the questions; every method
+reports the tokens it really spent, so curves are drawn against measured
+tokens. The policy and the value model decide every answer; the verifier only
+grades it.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from restmcts_jax import sampling
+from restmcts_jax.search import baselines
+from restmcts_jax.search import mcts_star
+from restmcts_jax.search import tree as tree_lib
+from restmcts_jax.tasks import registry
+from restmcts_jax.tokenizer import Tokenizer
+
+METHODS = ("greedy", "sc", "bon", "tot", "mcts")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodResult:
+  """One method at one budget on a set of problems.
+
+  Attributes:
+    method: one of METHODS.
+    samples: the budget N in CoT samples (1 for greedy).
+    accuracy: share of problems whose chosen solution the verifier accepts.
+    policy_tokens: mean policy tokens generated per problem.
+    value_tokens: mean tokens scored by the value model per problem.
+    solutions: the chosen solution text per problem.
+  """
+
+  method: str
+  samples: int
+  accuracy: float
+  policy_tokens: float
+  value_tokens: float
+  solutions: tuple[str, ...]
+
+  def row(self) -> dict:
+    """The numbers, without the solutions (a metrics row)."""
+    out = dataclasses.asdict(self)
+    del out["solutions"]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What every method needs besides the models and the budget.
+
+  Attributes:
+    tokenizer: encodes questions, decodes solutions.
+    task: extracts answers (SC) and grades solutions.
+    sampler_config: how the policy samples a step (greedy uses temperature 0).
+    search_config: MCTS* settings; `num_iterations` caps the search and
+      `token_budget` is set per budget.
+    max_depth: steps per solution.
+    question_width: tokens of a question row.
+    tot_branch: b, samples per beam entry and step in ToT-BFS.
+  """
+
+  tokenizer: Tokenizer
+  task: registry.Task
+  sampler_config: sampling.SamplerConfig
+  search_config: mcts_star.MCTSConfig
+  max_depth: int
+  question_width: int
+  tot_branch: int = 2
+
+
+def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], width: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded token rows `[R, width]` and lengths `[R]`.
+
+  Raises:
+    ValueError: naming the first text longer than `width` tokens.
+  """
+  tokens = np.zeros((len(texts), width), np.int32)
+  lengths = np.zeros((len(texts),), np.int32)
+  for i, text in enumerate(texts):
+    ids = tokenizer.encode(text)
+    if len(ids) > width:
+      raise ValueError(f"text {i} has {len(ids)} tokens, more than {width} "
+                       f"(question_width): {text[:60]!r}")
+    tokens[i, :len(ids)] = ids
+    lengths[i] = len(ids)
+  return tokens, lengths
+
+
+# --- jitted methods: (graphdef, state) = nnx.split((policy, value_model)) ----
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "graphdef", "sampler_config", "num_samples", "max_depth", "score"))
+def sample_solutions(graphdef, state, tokens, lengths, keys, *,
+                     sampler_config, num_samples, max_depth, score):
+  """`baselines.sample_solutions` with the policy of `(policy, value_model)`,
+  scored by the value model if `score` (Best-of-N)."""
+  policy, value_model = nnx.merge(graphdef, state)
+  solutions = baselines.sample_solutions(
+      mcts_star.lm_policy_fn(policy, sampler_config), tokens, lengths, keys,
+      num_samples=num_samples, max_depth=max_depth,
+      max_step_len=sampler_config.max_step_len)
+  if score:
+    solutions = baselines.score_solutions(value_model, solutions, num_samples)
+  return solutions
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "graphdef", "sampler_config", "beam_width", "branch", "max_depth"))
+def _tot(graphdef, state, tokens, lengths, keys, *, sampler_config,
+         beam_width, branch, max_depth):
+  policy, value_model = nnx.merge(graphdef, state)
+  return baselines.tot_bfs(
+      mcts_star.lm_policy_fn(policy, sampler_config),
+      value_model.score_continuations, tokens, lengths, keys,
+      beam_width=beam_width, branch=branch, max_depth=max_depth,
+      max_step_len=sampler_config.max_step_len)
+
+
+def _texts(tokenizer, tokens, lengths, rows) -> list[str]:
+  return [tokenizer.decode(tokens[r, :lengths[r]].tolist()) for r in rows]
+
+
+def _result(method, samples, context, problems, texts, policy_tokens,
+            value_tokens) -> MethodResult:
+  correct = [context.task.is_correct(t, p.reference)
+             for t, p in zip(texts, problems)]
+  return MethodResult(method, samples, float(np.mean(correct)),
+                      float(np.mean(policy_tokens)),
+                      float(np.mean(value_tokens)), tuple(texts))
+
+
+def _majority_texts(task, texts: list[str], num_samples: int) -> list[str]:
+  """Per question, a sampled solution whose answer won the vote (the first
+  sample if no solution has an answer)."""
+  out = []
+  for q in range(len(texts) // num_samples):
+    group = texts[q * num_samples:(q + 1) * num_samples]
+    answers = [task.extract_answer(t) for t in group]
+    winner = baselines.majority_vote(answers)
+    out.append(group[answers.index(winner)] if winner is not None else group[0])
+  return out
+
+
+def run_method(method: str, samples: int, models, context: EvalContext,
+               problems: Sequence[registry.Problem], key: jax.Array, *,
+               greedy_tokens: float) -> tuple[MethodResult, object]:
+  """Runs one method on all `problems` at one budget, batched.
+
+  Args:
+    method: one of METHODS.
+    samples: the budget N in CoT samples.
+    models: `(policy, value_model)`.
+    context: see `EvalContext`.
+    problems: what to solve.
+    key: PRNG key (one per problem is split from it).
+    greedy_tokens: L, the greedy solution's mean policy tokens; MCTS*'s token
+      budget is `samples * L`.
+
+  Returns:
+    The result, and for MCTS* the `SearchResult` (None otherwise).
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+  tok = context.tokenizer
+  tokens, lengths = encode_rows(tok, [p.question for p in problems],
+                                context.question_width)
+  tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+  keys = jax.random.split(key, len(problems))
+  graphdef, state = nnx.split(tuple(models))
+  common = dict(max_depth=context.max_depth)
+  if method in ("greedy", "sc", "bon"):
+    n = 1 if method == "greedy" else samples
+    config = context.sampler_config
+    if method == "greedy":
+      config = dataclasses.replace(config, temperature=0.0)
+    out = jax.device_get(sample_solutions(graphdef, state, tokens, lengths, keys,
+        sampler_config=config, num_samples=n, score=method == "bon",
+        **common))
+    texts = _texts(tok, out.tokens, out.lengths, range(len(out.lengths)))
+    if method == "sc":
+      texts = _majority_texts(context.task, texts, n)
+    elif method == "bon":
+      texts = _texts(tok, out.tokens, out.lengths,
+                     jax.device_get(baselines.best_of_n(out, n)))
+    return _result(method, n, context, problems, texts, out.policy_tokens,
+                   out.value_tokens), None
+  if method == "tot":
+    beam = max(1, round(samples / context.tot_branch))
+    beams, answer = jax.device_get(_tot(
+        graphdef, state, tokens, lengths, keys,
+        sampler_config=context.sampler_config, beam_width=beam,
+        branch=context.tot_branch, **common))
+    texts = _texts(tok, beams.tokens, beams.lengths, answer)
+    return _result(method, samples, context, problems, texts,
+                   beams.policy_tokens, beams.value_tokens), None
+  search_config = dataclasses.replace(
+      context.search_config, stop_at_end_gate=True,
+      token_budget=max(1, round(samples * greedy_tokens)))
+  result = jax.device_get(mcts_star.search_lm(
+      graphdef, state, tokens, lengths, keys, context.sampler_config,
+      search_config))
+  answer = np.zeros(result.tree.parent.shape, bool)
+  answer[np.arange(len(problems)), result.answer_node] = True
+  rows, row_len, _ = tree_lib.prefix_rows(result.tree, answer,
+                                          max_depth=context.max_depth)
+  texts = _texts(tok, rows, row_len, range(len(problems)))
+  return _result(method, samples, context, problems, texts,
+                 result.policy_tokens, result.value_tokens), result
+
+
+def evaluate(models, context: EvalContext,
+             problems: Sequence[registry.Problem], *, methods: Sequence[str],
+             budgets: Sequence[int], seed: int = 0,
+             progress=None) -> tuple[list[MethodResult], object]:
+  """Every method at every budget (greedy once), on the same problems.
+
+  Args:
+    models: `(policy, value_model)`.
+    context: see `EvalContext`.
+    problems: held-out problems.
+    methods: names from METHODS.
+    budgets: budgets N in CoT samples.
+    seed: evaluation seed; each (method, budget) gets its own key.
+    progress: optional callable `(method, samples) -> None`, called before
+      each run (e.g. a progress bar's update).
+
+  Returns:
+    The results in (method, budget) order, and the MCTS* `SearchResult` of
+    the largest budget (None if MCTS* was not run), for tree views.
+  """
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"unknown evaluation methods {unknown}; known: {METHODS}")
+  key = jax.random.key(seed)
+  greedy, _ = run_method("greedy", 1, models, context, problems, key,
+                         greedy_tokens=0.0)
+  length = max(greedy.policy_tokens, 1.0)
+  results, trees = [], None
+  for i, method in enumerate(methods):
+    if method == "greedy":
+      results.append(greedy)
+      continue
+    for j, samples in enumerate(sorted(budgets)):
+      if progress is not None:
+        progress(method, samples)
+      result, search = run_method(
+          method, samples, models, context, problems,
+          jax.random.fold_in(key, 1000 * (i + 1) + j), greedy_tokens=length)
+      results.append(result)
+      if search is not None:
+        trees = search
+  return results, trees

@@ -1,0 +1,262 @@
+"""An experiment from its config and workdir: data, tokenizer, models, and
+the samplers' and search's settings. Shared by the self-training loop and
+`evaluate --checkpoint`.
+
+Workdir layout:
+  config.json       the config the workdir was created with
+  tokenizer.model   the SentencePiece tokenizer (trained here unless the
+                    config names a Hugging Face checkpoint folder)
+  checkpoints/      orbax checkpoints (policy and value train states)
+"""
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+from flax import nnx
+
+from restmcts_jax import checkpoint
+from restmcts_jax import evaluation
+from restmcts_jax import sampling
+from restmcts_jax.models import hf_io
+from restmcts_jax.models import transformer as transformer_lib
+from restmcts_jax.models import value_head
+from restmcts_jax.search import mcts_star
+from restmcts_jax.tasks import game24
+from restmcts_jax.tasks import registry
+from restmcts_jax.tokenizer import SentencePieceTokenizer
+from restmcts_jax.tokenizer import Tokenizer
+from restmcts_jax.tokenizer import load_tokenizer
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+# Keys that may change between runs in one workdir (more iterations, another
+# evaluation); any other difference would mix incompatible results.
+RESUMABLE_KEYS = ("iterations", "eval", "progress", "trees_per_iteration")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """Training and held-out problems, and the warm-start texts."""
+
+  train: tuple[registry.Problem, ...]
+  test: tuple[registry.Problem, ...]
+  warmstart: tuple[str, ...]
+
+
+def load_data(config) -> Data:
+  """Game of 24: the bundled split (test = Tree-of-Thoughts ranks 901–1000)
+  and format-only warm-start texts. Other tasks: `config.data.train` /
+  `config.data.test` files, warm-started on the training references."""
+  task = registry.get_task(config.task)
+  if config.task == "game24":
+    splits = game24.splits(seed=config.seed)
+    to_problem = lambda p: registry.Problem(game24.question_text(p.numbers),
+                                            p.numbers)
+    warmstart = game24.warmstart_corpus(splits.train,
+                                        config.tokenizer.corpus_size,
+                                        seed=config.seed)
+    return Data(tuple(map(to_problem, splits.train)),
+                tuple(map(to_problem, splits.test[:config.eval.num_test])),
+                tuple(warmstart))
+  for split in ("train", "test"):
+    if not config.data.get(split):
+      raise ValueError(f"config.data.{split}: task {config.task!r} needs a "
+                       "data file")
+  train = tuple(task.load(config.data.train))
+  test = tuple(task.load(config.data.test))[:config.eval.num_test]
+  warmstart = tuple(p.question + "\n".join(p.steps) + "\n" for p in train
+                    if p.steps)
+  return Data(train, test, warmstart)
+
+
+def check_config(config, workdir) -> None:
+  """Writes `config.json` into a new workdir; in an existing one, raises
+  ValueError naming the first key that differs from the saved config
+  (other than RESUMABLE_KEYS)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  current = json.loads(config.to_json())
+  if not path.is_file():
+    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    return
+  saved = json.loads(path.read_text())
+
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+
+  a, b = flat(saved), flat(current)
+  for key in sorted(set(a) | set(b)):
+    if key.split(".")[0] in RESUMABLE_KEYS:
+      continue
+    if a.get(key) != b.get(key):
+      raise ValueError(
+          f"config key {key} is {b.get(key)!r} but {path} says "
+          f"{a.get(key)!r}: this workdir holds a run with another config "
+          "(use a new --workdir, or the saved value)")
+
+
+def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
+  """The config's HF checkpoint's tokenizer, the workdir's SentencePiece
+  model, or a new one trained on the warm-start texts and questions."""
+  if config.model.hf_checkpoint:
+    return load_tokenizer(config.model.hf_checkpoint)
+  path = pathlib.Path(workdir) / TOKENIZER_FILE
+  if path.is_file():
+    return SentencePieceTokenizer.load(path)
+  texts = list(data.warmstart) + [p.question for p in data.train + data.test]
+  return SentencePieceTokenizer.train(texts, path.with_suffix(""),
+                                      vocab_size=config.tokenizer.vocab_size)
+
+
+def models_for(config, tokenizer: Tokenizer):
+  """`(policy, value_model)`: a new model sized by `config.model`, or the
+  config's HF checkpoint; the value model starts from a copy of the policy.
+
+  Raises:
+    ValueError: when the tokenizer's ids do not fit the model's vocabulary.
+  """
+  m = config.model
+  if m.hf_checkpoint:
+    policy = hf_io.load_hf_checkpoint(m.hf_checkpoint)
+  else:
+    policy = transformer_lib.Transformer(
+        transformer_lib.TransformerConfig(
+            vocab_size=tokenizer.vocab_size, embed_dim=m.embed_dim,
+            num_layers=m.num_layers, num_heads=m.num_heads,
+            num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+            mlp_dim=m.mlp_dim),
+        rngs=nnx.Rngs(config.seed))
+  check_vocab(tokenizer, policy.config.vocab_size,
+              where=m.hf_checkpoint or "config.model")
+  value_model = value_head.make_value_model(
+      policy, share_backbone=False, rngs=nnx.Rngs(config.seed + 1))
+  return policy, value_model
+
+
+def check_vocab(tokenizer: Tokenizer, vocab_size: int, *, where) -> None:
+  """ValueError naming `where` when the tokenizer has more ids than the
+  model's embedding table."""
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(
+        f"the tokenizer has {tokenizer.vocab_size} tokens but the model of "
+        f"{where} has a vocabulary of {vocab_size}: they do not belong "
+        "together")
+
+
+def check_checkpoint_vocab(checkpoints, tokenizer: Tokenizer,
+                           workdir) -> None:
+  """ValueError naming the tokenizer when the latest checkpoint was trained
+  with another vocabulary (e.g. `tokenizer.model` was replaced)."""
+  saved = checkpoints.read_meta().get("vocab_size")
+  if saved is not None and saved != tokenizer.vocab_size:
+    raise ValueError(
+        f"the tokenizer of {workdir} has {tokenizer.vocab_size} tokens but "
+        f"the checkpoints in {checkpoints.directory} were trained with "
+        f"{saved}: the tokenizer does not match the model")
+
+
+def sampler_config_for(config, tokenizer: Tokenizer) -> sampling.SamplerConfig:
+  s = config.sampler
+  marker = registry.get_task(config.task).answer_marker
+  return sampling.SamplerConfig(
+      max_step_len=s.max_step_len, temperature=s.temperature, top_k=s.top_k,
+      top_p=s.top_p, stop_token_ids=tokenizer.step_delimiter_ids(),
+      eos_token_id=tokenizer.eos_id,
+      answer_marker_ids=tuple(tokenizer.encode(marker)))
+
+
+def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
+  settings = dict(config.search.to_dict(), **overrides)
+  return mcts_star.MCTSConfig(max_depth=config.max_depth,
+                              max_step_len=config.sampler.max_step_len,
+                              **settings)
+
+
+def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
+  """Evaluation settings: MCTS* as SPEC's evaluation search (stops at the
+  end gate), capped at `config.eval.mcts_iterations`."""
+  return evaluation.EvalContext(
+      tokenizer=tokenizer, task=registry.get_task(config.task),
+      sampler_config=sampler_config_for(config, tokenizer),
+      search_config=search_config_for(
+          config, num_iterations=config.eval.mcts_iterations,
+          stop_at_end_gate=True),
+      max_depth=config.max_depth, question_width=config.question_width,
+      tot_branch=config.eval.tot_branch)
+
+
+def parse_methods(text: str, key: str = "eval.methods") -> tuple[str, ...]:
+  """`"greedy,sc"` -> `("greedy", "sc")`; ValueError naming `key` on an
+  unknown method."""
+  methods = tuple(m.strip() for m in text.split(",") if m.strip())
+  unknown = [m for m in methods if m not in evaluation.METHODS]
+  if unknown or not methods:
+    raise ValueError(f"{key}={text!r}: unknown methods {unknown}; choose from "
+                     f"{','.join(evaluation.METHODS)}")
+  return methods
+
+
+def parse_budgets(text: str, key: str = "eval.budgets") -> tuple[int, ...]:
+  """`"1,4,16"` -> `(1, 4, 16)`; ValueError naming `key` otherwise."""
+  try:
+    budgets = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
+  except ValueError:
+    budgets = ()
+  if not budgets or min(budgets) < 1:
+    raise ValueError(f"{key}={text!r}: expected positive integers "
+                     "separated by commas, e.g. '1,4,16'")
+  return budgets
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config saved in `workdir` (FileNotFoundError naming it if none)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"no {CONFIG_FILE} in {workdir}: not a workdir of "
+        "`python -m restmcts_jax.main`")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+
+def restore(workdir):
+  """`(config, tokenizer, (policy, value_model), meta)` of the latest
+  checkpoint in a workdir of `python -m restmcts_jax.main`.
+
+  Raises:
+    FileNotFoundError: naming what is missing (the folder, its config, its
+      tokenizer, a complete checkpoint).
+    ValueError: when the tokenizer does not match the checkpoint.
+  """
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"no checkpoint folder at {workdir}")
+  config = load_config(workdir)
+  if not config.model.hf_checkpoint and not (workdir /
+                                             TOKENIZER_FILE).is_file():
+    raise FileNotFoundError(f"no {TOKENIZER_FILE} in {workdir}")
+  folder = workdir / "checkpoints"
+  if not folder.is_dir():
+    raise FileNotFoundError(f"no checkpoints/ folder in {workdir}")
+  tokenizer = tokenizer_for(config, workdir, data=None)
+  policy, value_model = models_for(config, tokenizer)
+  checkpoints = checkpoint.Checkpointer(folder)
+  try:
+    check_checkpoint_vocab(checkpoints, tokenizer, workdir)
+    policy_graph, policy_params = nnx.split(policy)
+    value_graph, value_params = nnx.split(value_model)
+    state, _, meta = checkpoints.restore(checkpoint.abstract_like(
+        dict(policy=policy_params, value=value_params)))
+  finally:
+    checkpoints.close()
+  models = (nnx.merge(policy_graph, state["policy"]),
+            nnx.merge(value_graph, state["value"]))
+  return config, tokenizer, models, meta

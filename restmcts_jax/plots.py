@@ -1,0 +1,63 @@
+"""PNG plots of a run's results (matplotlib, no display needed)."""
+
+import pathlib
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and TPU VMs
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+METHOD_LABELS = {"greedy": "CoT (greedy)", "sc": "Self-Consistency",
+                 "bon": "Best-of-N", "tot": "ToT-BFS", "mcts": "MCTS*"}
+
+
+def _save(fig, path) -> pathlib.Path:
+  """Writes `fig` to `path` through a temporary file, so a reader never sees
+  half a PNG."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp.png")
+  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  tmp.replace(path)
+  return path
+
+
+def accuracy_per_iteration(metrics: Sequence[dict], path, *,
+                           title: str = "") -> pathlib.Path:
+  """Accuracy of each method (at the main budget) per self-training
+  iteration, from metrics rows with `iteration` and `accuracy_<method>`."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method, label in METHOD_LABELS.items():
+    points = [(m["iteration"], m[f"accuracy_{method}"]) for m in metrics
+              if f"accuracy_{method}" in m]
+    if points:
+      xs, ys = zip(*points)
+      ax.plot(xs, ys, marker="o", label=label)
+  ax.set_xlabel("self-training iteration (0 = warm start)")
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title or "Accuracy per iteration")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return _save(fig, path)
+
+
+def accuracy_vs_budget(rows: Sequence[dict], path, *,
+                       title: str = "") -> pathlib.Path:
+  """Accuracy against measured policy tokens per question, one line per
+  method, from rows with `method`, `policy_tokens` and `accuracy`."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method, label in METHOD_LABELS.items():
+    points = sorted((r["policy_tokens"], r["accuracy"]) for r in rows
+                    if r["method"] == method)
+    if points:
+      xs, ys = zip(*points)
+      ax.plot(xs, ys, marker="o", label=label)
+  ax.set_xscale("log")
+  ax.set_xlabel("policy tokens per question")
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title or "Accuracy vs token budget")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  return _save(fig, path)
