@@ -19,7 +19,7 @@ def get_config():
   config.train.policy_steps = 2
   config.train.value_steps = 2
   config.train.batch_size = 4
-  config.eval.update(num_test=4, budget=2, budgets="1,2", mcts_iterations=4)
+  config.eval.update(num_test=4, budget=2, budgets="2", mcts_iterations=4)
   config.rest_em.num_samples = 2
   config.trees_per_iteration = 1
   config.progress = False

@@ -205,7 +205,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     return _result(method, n, context, problems, texts, out.policy_tokens,
                    out.value_tokens), None
   if method == "tot":
-    beam = max(1, round(samples / context.tot_branch))
+    beam = max(1, samples // context.tot_branch)
     beams, answer = jax.device_get(_tot(
         graphdef, state, tokens, lengths, keys,
         sampler_config=context.sampler_config, beam_width=beam,

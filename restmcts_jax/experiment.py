@@ -182,13 +182,15 @@ def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
 
 def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
   """Evaluation settings: MCTS* as SPEC's evaluation search (stops at the
-  end gate), capped at `config.eval.mcts_iterations`."""
+  end gate), capped at `config.eval.mcts_iterations`; without a gate
+  node it answers with its best finished solution, as Best-of-N and ToT do.
+  """
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
       search_config=search_config_for(
           config, num_iterations=config.eval.mcts_iterations,
-          stop_at_end_gate=True),
+          stop_at_end_gate=True, prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
       tot_branch=config.eval.tot_branch)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from restmcts_jax import checkpoint
 from restmcts_jax import evaluation
 from restmcts_jax import sampling
 from restmcts_jax import selftrain
@@ -118,8 +119,8 @@ def test_search_and_greedy_evaluation_with_a_tiny_lm(tokenizer):
   assert np.all(np.asarray(result.tree.num_nodes) >= 3)
 
 
-def test_the_loop_runs_trains_on_its_own_data_and_resumes(tmp_path,
-                                                         monkeypatch):
+def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
+    tmp_path, monkeypatch):
   from configs import tiny
   config = tiny.get_config()
   config.iterations = 1
@@ -145,3 +146,20 @@ def test_the_loop_runs_trains_on_its_own_data_and_resumes(tmp_path,
   assert second[:2] == first
   assert second[2]["iteration"] == 2
   assert second[2]["value_records"] >= m["value_records"]  # D_V accumulates
+  # A NaN loss stops the run naming the phase; the results so far and the
+  # finished iterations' checkpoints stay as they were.
+  metrics_before = (tmp_path / "metrics.jsonl").read_text()
+  real_value_loss = selftrain.training_steps.value_loss
+  def nan_value_loss(model, batch):
+    loss, aux = real_value_loss(model, batch)
+    return loss * jnp.nan, aux
+  monkeypatch.setattr(selftrain.training_steps, "value_loss", nan_value_loss)
+  config.iterations = 3
+  with pytest.raises(FloatingPointError,
+                     match="value training, iteration 3: loss is nan"):
+    selftrain.run(config, tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+  checkpoints = checkpoint.Checkpointer(tmp_path / "checkpoints")
+  last_eval = len(selftrain.schedule(2)) - 1
+  assert checkpoints.latest_step() == last_eval + 1  # the collect phase
+  assert checkpoints.read_meta(last_eval)["metrics"] == second

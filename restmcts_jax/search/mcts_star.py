@@ -59,6 +59,9 @@ class MCTSConfig:
     end_gate: a selected leaf with at least this value may end the search.
     stop_at_end_gate: end at the gate (evaluation) or search the whole budget
       (collecting trees for training).
+    prefer_final_answer: when no node passed the gate, answer with the best
+      final node if there is one (SPEC: the best node, which may be an
+      unfinished partial solution, so it scores 0 when values are flat).
     max_depth: deepest node (steps per solution); the reference has none.
     max_step_len: S, tokens per step.
   """
@@ -73,6 +76,7 @@ class MCTSConfig:
   unvisited_bonus: float = 1.0
   end_gate: float = 0.9
   stop_at_end_gate: bool = True
+  prefer_final_answer: bool = False
   max_depth: int = 8
   max_step_len: int = 32
 
@@ -396,15 +400,19 @@ def search(
 
   s, _ = jax.lax.while_loop(lambda c: jnp.any(running(c[0])), iteration,
                             (state, models.init(tree)))
-  return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node,
-                                         best_value_node(s.tree)))
+  best = best_value_node(s.tree, prefer_final=config.prefer_final_answer)
+  return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node, best))
 
 
-def best_value_node(tree: tree_lib.Tree) -> Array:
-  """`[B]` the non-root node of highest value (the root if it is alone)."""
+def best_value_node(tree: tree_lib.Tree, *, prefer_final: bool = False
+                    ) -> Array:
+  """`[B]` the non-root node of highest value (the root if it is alone);
+  with `prefer_final`, the final node of highest value where one exists."""
   nodes = jnp.arange(tree.num_slots)
   candidate = tree.used & (nodes != tree_lib.ROOT_INDEX)
-  best = jnp.argmax(jnp.where(candidate, tree.value, -jnp.inf), axis=1)
+  # Values lie in [0, 1]: +2 ranks every final node above every other one.
+  rank = tree.value + (2.0 * tree.final if prefer_final else 0.0)
+  best = jnp.argmax(jnp.where(candidate, rank, -jnp.inf), axis=1)
   return jnp.where(tree.num_nodes > 1, best, tree_lib.ROOT_INDEX)
 
 

@@ -1,0 +1,202 @@
+"""The self-training loop as users run it: killed anywhere or preempted, it
+resumes to the same metrics; bad input stops it with a message naming the
+culprit and leaves earlier results alone."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from restmcts_jax import evaluate
+from restmcts_jax import evaluation
+from restmcts_jax import selftrain
+from restmcts_jax.tokenizer import SentencePieceTokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ("--config", "configs/tiny.py", "--config.iterations=1")
+LAST_PHASE = len(selftrain.schedule(1)) - 1
+
+
+def _env(tmp):
+  # A persistent compilation cache shared by the runs of this module: a
+  # resumed run compiles nothing again.
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _main(workdir, tmp, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-m", "restmcts_jax.main", *ARGS, *extra,
+       "--workdir", str(workdir)], cwd=ROOT, env=_env(tmp),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, timeout=600):
+  out, _ = process.communicate(timeout=timeout)
+  return process.returncode, out
+
+
+def _metrics(workdir):
+  return [json.loads(l) for l in
+          (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _steps(workdir):
+  folder = workdir / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir()
+                if p.name.isdigit() and (p / "commit_success.txt").exists()
+                ) if folder.is_dir() else []
+
+
+def _wait_for_step(process, workdir, step, timeout=300):
+  start = time.monotonic()
+  while not _steps(workdir) or max(_steps(workdir)) < step:
+    assert process.poll() is None, "the run ended before the awaited phase"
+    assert time.monotonic() - start < timeout
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+  return tmp_path_factory.mktemp("loop")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp):
+  """A tiny run (warm start + 1 iteration) that was never interrupted."""
+  workdir = tmp / "uninterrupted"
+  code, out = _finish(_main(workdir, tmp))
+  assert code == 0, out
+  return workdir
+
+
+def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
+  metrics = _metrics(finished)
+  assert [m["iteration"] for m in metrics] == [0, 1]
+  for method in evaluation.METHODS:
+    assert 0 <= metrics[1][f"accuracy_{method}"] <= 1
+  rows = [json.loads(l) for l in
+          (finished / "eval.jsonl").read_text().splitlines()]
+  assert {(r["iteration"], r["method"]) for r in rows} == {
+      (i, m) for i in (0, 1) for m in evaluation.METHODS}
+  for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
+    assert (finished / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+  page = (finished / "trees" / "iteration_1" / "search_0.html").read_text()
+  assert "<html" in page and "n=" in page
+  assert list((finished / "tensorboard").glob("events.out.tfevents.*"))
+  assert _steps(finished)[-1] == LAST_PHASE
+
+
+@pytest.mark.parametrize("after_step", [0, 2])
+def test_sigkill_anywhere_then_rerun_gives_the_same_metrics(finished, tmp,
+                                                            after_step):
+  workdir = tmp / f"killed_after_{after_step}"
+  process = _main(workdir, tmp)
+  _wait_for_step(process, workdir, after_step)
+  time.sleep(0.5 * after_step)  # somewhere inside the next phase
+  process.kill()
+  process.wait()
+  assert _steps(workdir)[-1] < LAST_PHASE  # it was stopped mid-run
+  code, out = _finish(_main(workdir, tmp))
+  assert code == 0, out
+  assert "resumed after phase" in out
+  assert _metrics(workdir) == _metrics(finished)
+
+
+def test_sigterm_saves_at_the_next_phase_boundary_and_exits_0(finished, tmp):
+  workdir = tmp / "preempted"
+  process = _main(workdir, tmp)
+  _wait_for_step(process, workdir, 0)
+  process.send_signal(signal.SIGTERM)
+  code, out = _finish(process)
+  assert code == 0, out
+  assert "rerun the same command" in out
+  stopped_at = _steps(workdir)[-1]
+  assert 0 < stopped_at < LAST_PHASE
+  code, out = _finish(_main(workdir, tmp))
+  assert code == 0, out
+  assert _metrics(workdir) == _metrics(finished)
+
+
+def test_evaluate_checkpoint_prints_one_result_per_method(finished):
+  results = evaluate.evaluate_checkpoint(
+      finished, task_name=None, data=None, methods=("greedy", "sc"), budget=2)
+  assert [r.method for r in results] == ["greedy", "sc"]
+  # The loop's own evaluation at the same budget saw the same numbers.
+  last = _metrics(finished)[-1]
+  assert results[0].accuracy == last["accuracy_greedy"]
+  assert results[0].policy_tokens == last["tokens_greedy"]
+
+
+def test_evaluate_cli_names_a_missing_checkpoint_folder(tmp):
+  missing = tmp / "no_such_run"
+  out = subprocess.run(
+      [sys.executable, "-m", "restmcts_jax.evaluate",
+       f"--checkpoint={missing}"], cwd=ROOT, capture_output=True, text=True,
+      check=False)
+  assert out.returncode != 0
+  assert f"no checkpoint folder at {missing}" in out.stderr
+
+
+def _config(**overrides):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.iterations = 1
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _copy(finished, tmp, name):
+  workdir = tmp / name
+  shutil.copytree(finished, workdir)
+  return workdir
+
+
+def test_a_changed_config_key_is_named(finished, tmp):
+  workdir = _copy(finished, tmp, "changed")
+  with pytest.raises(ValueError, match="config key model.embed_dim is 48"):
+    selftrain.run(_config(**{"model.embed_dim": 48}), workdir)
+
+
+def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
+                                                                   tmp):
+  workdir = _copy(finished, tmp, "other_tokenizer")
+  texts = [f"{a} + {b} = {a + b}\n" for a in range(30) for b in range(30)]
+  SentencePieceTokenizer.train(texts, workdir / "tokenizer", vocab_size=300)
+  with pytest.raises(ValueError, match="tokenizer does not match the model"):
+    selftrain.run(_config(), workdir)
+  with pytest.raises(ValueError, match="tokenizer does not match the model"):
+    evaluate.evaluate_checkpoint(workdir, task_name=None, data=None,
+                                 methods=("greedy",), budget=1)
+
+
+def test_a_malformed_data_line_is_named(tmp):
+  data = tmp / "gsm8k_bad.jsonl"
+  good = json.dumps(dict(question="1 + 1?", answer="1 + 1 = 2\n#### 2"))
+  data.write_text(good + "\n{not json\n")
+  config = _config(task="gsm8k", **{"data.train": str(data),
+                                    "data.test": str(data)})
+  with pytest.raises(ValueError, match=f"{data}:2"):
+    selftrain.run(config, tmp / "gsm8k_run")
+
+
+def test_an_unknown_config_key_is_named(tmp):
+  out = subprocess.run(
+      [sys.executable, "-m", "restmcts_jax.main", "--config",
+       "configs/tiny.py", "--config.serach.branch=3", "--workdir",
+       str(tmp / "typo")], cwd=ROOT, capture_output=True, text=True,
+      check=False)
+  assert out.returncode != 0
+  assert "serach" in out.stderr
