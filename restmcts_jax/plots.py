@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and TPU VMs
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
 METHOD_LABELS = {"greedy": "CoT (greedy)", "sc": "Self-Consistency",
                  "bon": "Best-of-N", "tot": "ToT-BFS", "mcts": "MCTS*"}
@@ -35,6 +36,7 @@ def accuracy_per_iteration(metrics: Sequence[dict], path, *,
     if points:
       xs, ys = zip(*points)
       ax.plot(xs, ys, marker="o", label=label)
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("self-training iteration (0 = warm start)")
   ax.set_ylabel("test accuracy")
   ax.set_title(title or "Accuracy per iteration")

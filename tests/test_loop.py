@@ -94,7 +94,7 @@ def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
   assert _steps(finished)[-1] == LAST_PHASE
 
 
-@pytest.mark.parametrize("after_step", [0, 2])
+@pytest.mark.parametrize("after_step", [2])  # inside training or evaluation
 def test_sigkill_anywhere_then_rerun_gives_the_same_metrics(finished, tmp,
                                                             after_step):
   workdir = tmp / f"killed_after_{after_step}"
