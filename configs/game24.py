@@ -19,7 +19,8 @@ def get_config():
   config.mode = "rest_mcts"  # or "rest_em": SFT on outcome-filtered samples
   config.progress = True  # progress bars
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
-  config.data = ml_collections.ConfigDict(dict(train="", test=""))  # JSONL tasks
+  # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
+  config.data = ml_collections.ConfigDict(dict(train="", test=""))
   config.iterations = 5
   config.question_width = 16  # tokens of a question
   config.max_depth = 4  # 3 moves + the Answer line
@@ -46,7 +47,8 @@ def get_config():
   config.rest_em = ml_collections.ConfigDict(dict(num_samples=8))
   # Held-out evaluation: every method at `budget` CoT samples' worth of
   # tokens each iteration; at warm start and at the end also at `budgets`.
+  # Tune on split="validation" (100 puzzles outside the test ranks).
   config.eval = ml_collections.ConfigDict(dict(
-      num_test=100, methods="greedy,sc,bon,tot,mcts", budget=4,
-      budgets="1,2,4,8", mcts_iterations=64, tot_branch=2))
+      num_test=100, split="test", methods="greedy,sc,bon,tot,mcts",
+      budget=4, budgets="1,2,4,8", mcts_iterations=64, tot_branch=2))
   return config

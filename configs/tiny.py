@@ -18,7 +18,7 @@ def get_config():
   config.search_batch = 4
   config.train.policy_steps = 2
   config.train.value_steps = 2
-  config.train.batch_size = 4
+  config.train.batch_size = 8
   config.eval.update(num_test=4, budget=2, budgets="2", mcts_iterations=4)
   config.rest_em.num_samples = 2
   config.trees_per_iteration = 1

@@ -215,7 +215,8 @@ run() {
     "GCS: checkpoints stay on the workers and go with the slice" >&2
   local job
   # -u: print()ed metrics reach the log as they come, not when a buffer fills.
-  printf -v job '%q ' .venv/bin/python -u -m restmcts_jax.main \
+  # --distributed: the workers find each other (JAX detects the TPU slice).
+  printf -v job '%q ' .venv/bin/python -u -m restmcts_jax.main --distributed \
     --config="$config" --workdir="$workdir" "${main_flags[@]}"
   # The pid file keeps a second job from racing the first on one workdir.
   on_workers all \

@@ -88,8 +88,9 @@ class Checkpointer:
     reading any array."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
-      raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} "
-                              f"in {self.directory}")
+      raise FileNotFoundError(
+          f"no complete checkpoint {'' if step is None else step} in "
+          f"{self.directory}")
     out = self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return out.meta

@@ -18,7 +18,7 @@ grades it.
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,9 @@ class MethodResult:
     accuracy: share of problems whose chosen solution the verifier accepts.
     policy_tokens: mean policy tokens generated per problem.
     value_tokens: mean tokens scored by the value model per problem.
-    solutions: the chosen solution text per problem.
+    solutions: the chosen solution text per problem (this process's).
+    per_problem: `correct`, `policy_tokens` and `value_tokens` arrays, one
+      entry per problem; the means above are taken over them.
   """
 
   method: str
@@ -54,12 +56,21 @@ class MethodResult:
   policy_tokens: float
   value_tokens: float
   solutions: tuple[str, ...]
+  per_problem: dict = dataclasses.field(repr=False)
+
+  @classmethod
+  def from_problems(cls, method, samples, per_problem, solutions
+                    ) -> "MethodResult":
+    return cls(method, samples, float(np.mean(per_problem["correct"])),
+               float(np.mean(per_problem["policy_tokens"])),
+               float(np.mean(per_problem["value_tokens"])), tuple(solutions),
+               per_problem)
 
   def row(self) -> dict:
-    """The numbers, without the solutions (a metrics row)."""
-    out = dataclasses.asdict(self)
-    del out["solutions"]
-    return out
+    """The numbers (a metrics row)."""
+    return dict(method=self.method, samples=self.samples,
+                accuracy=self.accuracy, policy_tokens=self.policy_tokens,
+                value_tokens=self.value_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +147,12 @@ def _tot(graphdef, state, tokens, lengths, keys, *, sampler_config,
       max_step_len=sampler_config.max_step_len)
 
 
+def problem_keys(key: jax.Array, indices: Sequence[int]) -> jax.Array:
+  """`[len(indices)]` keys, `fold_in(key, index)` each."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      jnp.asarray(indices, jnp.int32))
+
+
 def _texts(tokenizer, tokens, lengths, rows) -> list[str]:
   return [tokenizer.decode(tokens[r, :lengths[r]].tolist()) for r in rows]
 
@@ -144,9 +161,10 @@ def _result(method, samples, context, problems, texts, policy_tokens,
             value_tokens) -> MethodResult:
   correct = [context.task.is_correct(t, p.reference)
              for t, p in zip(texts, problems)]
-  return MethodResult(method, samples, float(np.mean(correct)),
-                      float(np.mean(policy_tokens)),
-                      float(np.mean(value_tokens)), tuple(texts))
+  per_problem = dict(correct=np.asarray(correct, np.float64),
+                     policy_tokens=np.asarray(policy_tokens, np.int64),
+                     value_tokens=np.asarray(value_tokens, np.int64))
+  return MethodResult.from_problems(method, samples, per_problem, texts)
 
 
 def _majority_texts(task, texts: list[str], num_samples: int) -> list[str]:
@@ -163,7 +181,8 @@ def _majority_texts(task, texts: list[str], num_samples: int) -> list[str]:
 
 def run_method(method: str, samples: int, models, context: EvalContext,
                problems: Sequence[registry.Problem], key: jax.Array, *,
-               greedy_tokens: float) -> tuple[MethodResult, object]:
+               greedy_tokens: float, indices: Sequence[int] | None = None
+               ) -> tuple[MethodResult, object]:
   """Runs one method on all `problems` at one budget, batched.
 
   Args:
@@ -172,9 +191,12 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     models: `(policy, value_model)`.
     context: see `EvalContext`.
     problems: what to solve.
-    key: PRNG key (one per problem is split from it).
+    key: PRNG key; problem `i` draws from `fold_in(key, indices[i])`.
     greedy_tokens: L, the greedy solution's mean policy tokens; MCTS*'s token
       budget is `samples * L`.
+    indices: each problem's index in the whole evaluation set (default
+      0, 1, ...), so a problem's draws do not depend on how the set is split
+      across processes or batches.
 
   Returns:
     The result, and for MCTS* the `SearchResult` (None otherwise).
@@ -185,7 +207,9 @@ def run_method(method: str, samples: int, models, context: EvalContext,
   tokens, lengths = encode_rows(tok, [p.question for p in problems],
                                 context.question_width)
   tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
-  keys = jax.random.split(key, len(problems))
+  if indices is None:
+    indices = range(len(problems))
+  keys = problem_keys(key, indices)
   graphdef, state = nnx.split(tuple(models))
   common = dict(max_depth=context.max_depth)
   if method in ("greedy", "sc", "bon"):
@@ -193,9 +217,9 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     config = context.sampler_config
     if method == "greedy":
       config = dataclasses.replace(config, temperature=0.0)
-    out = jax.device_get(sample_solutions(graphdef, state, tokens, lengths, keys,
-        sampler_config=config, num_samples=n, score=method == "bon",
-        **common))
+    out = jax.device_get(sample_solutions(
+        graphdef, state, tokens, lengths, keys, sampler_config=config,
+        num_samples=n, score=method == "bon", **common))
     texts = _texts(tok, out.tokens, out.lengths, range(len(out.lengths)))
     if method == "sc":
       texts = _majority_texts(context.task, texts, n)
@@ -228,19 +252,29 @@ def run_method(method: str, samples: int, models, context: EvalContext,
                  result.policy_tokens, result.value_tokens), result
 
 
+def _no_gather(arrays):
+  return arrays
+
+
 def evaluate(models, context: EvalContext,
              problems: Sequence[registry.Problem], *, methods: Sequence[str],
              budgets: Sequence[int], seed: int = 0,
+             indices: Sequence[int] | None = None,
+             gather: Callable[[dict], dict] = _no_gather,
              progress=None) -> tuple[list[MethodResult], object]:
   """Every method at every budget (greedy once), on the same problems.
 
   Args:
     models: `(policy, value_model)`.
     context: see `EvalContext`.
-    problems: held-out problems.
+    problems: held-out problems (this process's share of them).
     methods: names from METHODS.
     budgets: budgets N in CoT samples.
     seed: evaluation seed; each (method, budget) gets its own key.
+    indices: the problems' indices in the whole set (see `run_method`).
+    gather: concatenates every process's per-problem arrays (e.g.
+      `distributed.allgather_rows`), so the means, and the token length L
+      behind MCTS*'s budget, are taken over all problems.
     progress: optional callable `(method, samples) -> None`, called before
       each run (e.g. a progress bar's update).
 
@@ -252,8 +286,16 @@ def evaluate(models, context: EvalContext,
   if unknown:
     raise ValueError(f"unknown evaluation methods {unknown}; known: {METHODS}")
   key = jax.random.key(seed)
-  greedy, _ = run_method("greedy", 1, models, context, problems, key,
-                         greedy_tokens=0.0)
+
+  def run(method, samples, run_key, length):
+    result, search = run_method(method, samples, models, context, problems,
+                                run_key, greedy_tokens=length,
+                                indices=indices)
+    return MethodResult.from_problems(
+        method, result.samples, gather(result.per_problem),
+        result.solutions), search
+
+  greedy, _ = run("greedy", 1, key, 0.0)
   length = max(greedy.policy_tokens, 1.0)
   results, trees = [], None
   for i, method in enumerate(methods):
@@ -263,9 +305,8 @@ def evaluate(models, context: EvalContext,
     for j, samples in enumerate(sorted(budgets)):
       if progress is not None:
         progress(method, samples)
-      result, search = run_method(
-          method, samples, models, context, problems,
-          jax.random.fold_in(key, 1000 * (i + 1) + j), greedy_tokens=length)
+      result, search = run(method, samples,
+                           jax.random.fold_in(key, 1000 * (i + 1) + j), length)
       results.append(result)
       if search is not None:
         trees = search

@@ -47,9 +47,11 @@ class Data:
 
 
 def load_data(config) -> Data:
-  """Game of 24: the bundled split (test = Tree-of-Thoughts ranks 901–1000)
-  and format-only warm-start texts. Other tasks: `config.data.train` /
-  `config.data.test` files, warm-started on the training references."""
+  """Game of 24: the bundled split (test = Tree-of-Thoughts ranks 901–1000;
+  `config.eval.split="validation"` evaluates on the validation puzzles, the
+  ones to tune on) and format-only warm-start texts. Other tasks:
+  `config.data.train` / `config.data.test` files, warm-started on the
+  training references."""
   task = registry.get_task(config.task)
   if config.task == "game24":
     splits = game24.splits(seed=config.seed)
@@ -58,9 +60,12 @@ def load_data(config) -> Data:
     warmstart = game24.warmstart_corpus(splits.train,
                                         config.tokenizer.corpus_size,
                                         seed=config.seed)
+    if config.eval.split not in ("test", "validation"):
+      raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
+                       "'test' or 'validation'")
+    held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
     return Data(tuple(map(to_problem, splits.train)),
-                tuple(map(to_problem, splits.test[:config.eval.num_test])),
-                tuple(warmstart))
+                tuple(map(to_problem, held_out)), tuple(warmstart))
   for split in ("train", "test"):
     if not config.data.get(split):
       raise ValueError(f"config.data.{split}: task {config.task!r} needs a "

@@ -5,21 +5,38 @@ r"""Self-training by process-reward-guided tree search (ReST-MCTS*).
         --config.iterations=1
 
 Rerunning the same command resumes from the last checkpoint in the workdir.
+Several processes (one per host) run one job with `--distributed` where JAX
+detects the cluster (Cloud TPU), or with explicit flags elsewhere:
+
+    python -m restmcts_jax.main ... --coordinator_address=10.0.0.1:1234 \
+        --num_processes=2 --process_id=0     # and --process_id=1 on the other
 """
 
 import logging as std_logging
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from restmcts_jax import distributed
 from restmcts_jax import selftrain
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, the "
                                "tokenizer and metrics go.", required=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Start JAX's multi-process runtime, detecting the "
+    "cluster (Cloud TPU slices, SLURM, ...).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a "
+    "multi-process run JAX cannot detect (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (with --coordinator_address).")
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -35,9 +52,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/game24.py")
-  for metrics in selftrain.run(_CONFIG.value, _WORKDIR.value):
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in metrics.items()))
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  try:
+    metrics = selftrain.run(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    sys.exit(f"error: {e}")
+  if distributed.is_main():
+    for row in metrics:
+      print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in row.items()))
 
 
 if __name__ == "__main__":

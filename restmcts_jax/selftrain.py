@@ -33,6 +33,7 @@ from absl import logging
 from flax import nnx
 
 from restmcts_jax import checkpoint
+from restmcts_jax import distributed
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import plots
@@ -43,6 +44,7 @@ from restmcts_jax.search import tree as tree_lib
 from restmcts_jax.search import views
 from restmcts_jax.tasks import registry
 from restmcts_jax.training import batching
+from restmcts_jax.training import sharding
 from restmcts_jax.training import optim
 from restmcts_jax.training import steps as training_steps
 
@@ -114,15 +116,15 @@ class Buffers:
   traces: list[tuple[list[int], int]] = dataclasses.field(
       default_factory=list)
 
-  def to_arrays(self) -> dict[str, np.ndarray]:
-    """Arrays for the checkpoint (empty parts left out: orbax refuses
-    zero-size items)."""
+  def to_arrays(self, keep_empty: bool = False) -> dict[str, np.ndarray]:
+    """Arrays for the checkpoint (empty parts left out unless `keep_empty`:
+    orbax refuses zero-size items)."""
     out = {}
-    if self.value_rows:
+    if self.value_rows or keep_empty:
       tokens, lengths = _pad_rows(self.value_rows)
       out.update(value_tokens=tokens, value_lengths=lengths,
                  value_targets=np.asarray(self.value_targets, np.float32))
-    if self.traces:
+    if self.traces or keep_empty:
       tokens, lengths = _pad_rows([t for t, _ in self.traces])
       out.update(trace_tokens=tokens, trace_lengths=lengths,
                  trace_prompt_len=np.array([p for _, p in self.traces],
@@ -142,7 +144,7 @@ class Buffers:
     return out
 
 
-# --- outputs -------------------------------------------------------------------
+# --- outputs ------------------------------------------------------------------
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
@@ -239,7 +241,7 @@ class StopOnSignal:
       signal.signal(sig, handler)
 
 
-# --- the loop ------------------------------------------------------------------
+# --- the loop -----------------------------------------------------------------
 
 
 class _Loop:
@@ -252,6 +254,15 @@ class _Loop:
     self.workdir = workdir
     self.task = registry.get_task(config.task)
     self.data = experiment.load_data(config)
+    for key in ("warmstart.batch_size", "train.batch_size"):
+      if config[key.split(".")[0]].batch_size % jax.device_count():
+        raise ValueError(
+            f"config.{key}={config[key.split('.')[0]].batch_size} is not a "
+            f"multiple of the {jax.device_count()} devices training is "
+            "data-parallel over")
+    if distributed.is_main():  # trains the tokenizer if the workdir has none
+      experiment.tokenizer_for(config, workdir, self.data)
+    distributed.barrier("tokenizer")
     self.tokenizer = experiment.tokenizer_for(config, workdir, self.data)
     policy, value_model = experiment.models_for(config, self.tokenizer)
     self.policy_graph, policy_params = nnx.split(policy)
@@ -263,17 +274,19 @@ class _Loop:
     self.eval_context = experiment.eval_context(config, self.tokenizer)
     self.eval_methods = experiment.parse_methods(config.eval.methods)
     self.eval_budgets = experiment.parse_budgets(config.eval.budgets)
-    self.outputs = Outputs(workdir, enabled=jax.process_index() == 0)
+    self.outputs = Outputs(workdir, enabled=distributed.is_main())
+    self.mesh = distributed.data_parallel_mesh()
 
   def _bar(self, total, desc):
     return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
                      disable=not (self.config.progress and
-                                  jax.process_index() == 0))
+                                  distributed.is_main()))
 
   def _train(self, graph, params, loss_fn, batches, num_steps: int,
              learning_rate: float, what: str):
     """`num_steps` AdamW steps (fresh optimizer, warm-up + cosine) cycling
-    over `batches`; returns the parameters and the mean loss.
+    over `batches`, data-parallel over every device of every process;
+    returns this process's copy of the parameters and the mean loss.
 
     Raises:
       FloatingPointError: on a non-finite loss, naming the phase and step;
@@ -282,8 +295,15 @@ class _Loop:
     tx = optim.make_optimizer(optim.OptimizerConfig(
         learning_rate=learning_rate, warmup_steps=min(10, num_steps),
         total_steps=max(num_steps, 1)))
-    state = training_steps.init_state(params, tx)
-    step = training_steps.make_train_step(graph, loss_fn, tx)
+    with nnx.logical_axis_rules(sharding.complete_rules(
+        (("batch", "data"),))):  # parameters replicated, batch split
+      state = training_steps.init_state(params, tx)
+      shardings = (training_steps.state_shardings(state, tx, self.mesh),
+                   training_steps.batch_shardings(batches[0], self.mesh))
+      batches = [distributed.to_global(b, shardings[1]) for b in batches]
+    state = distributed.to_global(state, shardings[0])
+    step = training_steps.make_train_step(graph, loss_fn, tx,
+                                          shardings=shardings)
     losses = []
     with self._bar(num_steps, what) as bar:
       for i in range(num_steps):
@@ -296,7 +316,8 @@ class _Loop:
               f"{self.workdir / 'checkpoints'} is intact")
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return state.params, float(np.mean(losses)) if losses else float("nan")
+    params = distributed.to_local(state.params)
+    return params, float(np.mean(losses)) if losses else float("nan")
 
   # -- phases: (state, buffers, meta, iteration) -> (state, buffers) -----------
 
@@ -319,26 +340,30 @@ class _Loop:
     return state, buffers
 
   def collect(self, state, buffers, meta, iteration):
+    """Searches (or samples) this process's share of the iteration's
+    training questions, then gathers everyone's D_V rows and D_G traces."""
     config = self.config
     picks = np.random.default_rng([config.seed, iteration]).choice(
         len(self.data.train), min(config.search_questions,
                                   len(self.data.train)), replace=False)
     problems = [self.data.train[i] for i in picks]
+    mine = distributed.shard(len(problems))
     policy = nnx.merge(self.policy_graph, state["policy"])
     value_model = nnx.merge(self.value_graph, state["value"])
     graphdef, search_state = nnx.split((policy, value_model))
+    base_key = jax.random.fold_in(jax.random.key(config.seed), iteration)
     solved = tokens_used = 0
-    traces, records = [], []
+    value_rows, value_targets, traces = [], [], []
     desc = f"{'search' if config.mode == 'rest_mcts' else 'sample'} " \
            f"iteration {iteration}"
-    with self._bar(len(problems), desc) as bar:
-      for lo in range(0, len(problems), config.search_batch):
-        chunk = problems[lo:lo + config.search_batch]
+    with self._bar(mine.stop - mine.start, desc) as bar:
+      for lo in range(mine.start, mine.stop, config.search_batch):
+        hi = min(lo + config.search_batch, mine.stop)
+        chunk = problems[lo:hi]
         questions, qlen = evaluation.encode_rows(
             self.tokenizer, [p.question for p in chunk], config.question_width)
-        keys = jax.random.split(jax.random.fold_in(
-            jax.random.key(config.seed), iteration * 1_000_003 + lo),
-                                len(chunk))
+        # One key per question: its draws do not depend on the batching.
+        keys = evaluation.problem_keys(base_key, range(lo, hi))
         if config.mode == "rest_mcts":
           result = jax.device_get(mcts_star.search_lm(
               graphdef, search_state, jnp.asarray(questions),
@@ -347,33 +372,40 @@ class _Loop:
           correct = label_final_nodes(
               result.tree, self.task, [p.reference for p in chunk],
               self.tokenizer.decode, max_depth=config.max_depth)
-          recs, found = iteration_data(
+          records, found = iteration_data(
               result.tree, correct, max_depth=config.max_depth,
               top_k=config.train.traces_per_question,
               min_reward=config.train.min_reward)
-          records.append(recs)
+          value_rows += _unpad_rows(records.tokens, records.lengths)
+          value_targets += list(records.target)
           traces += [(row[:n].tolist(), int(q)) for row, n, q in zip(
               found.tokens, found.lengths, found.question_len)]
           solved += int(correct.any(axis=1).sum())
+          tokens_used += int(np.sum(result.policy_tokens))
           if lo == 0:
             self.outputs.trees(iteration, "search", result,
-                               self.tokenizer.decode, config.trees_per_iteration)
+                               self.tokenizer.decode,
+                               config.trees_per_iteration)
         else:
           found, hits, used = self._sample_correct(
               graphdef, search_state, chunk, questions, qlen, keys)
           traces += found
           solved += hits
-          result = None
-        tokens_used += int(np.sum(result.policy_tokens)) if result else used
+          tokens_used += used
         bar.update(len(chunk))
-    for r in records:  # D_V accumulates over iterations
-      buffers.value_rows += _unpad_rows(r.tokens, r.lengths)
-      buffers.value_targets += [float(t) for t in r.target]
-    buffers.traces = traces
+    gathered = Buffers.from_arrays(distributed.allgather_rows(Buffers(
+        value_rows, value_targets, traces).to_arrays(keep_empty=True)))
+    counts = distributed.allgather_rows(
+        dict(counts=np.array([[solved, tokens_used]], np.int64)))["counts"]
+    solved, tokens_used = counts.sum(axis=0).tolist()
+    buffers.value_rows += gathered.value_rows  # D_V accumulates
+    buffers.value_targets += gathered.value_targets
+    buffers.traces = gathered.traces
     meta["current"].update(
         search_solved=solved / len(problems),
         search_policy_tokens=tokens_used / len(problems),
-        value_records=len(buffers.value_rows), traces=len(traces))
+        value_records=len(buffers.value_rows),
+        traces=len(buffers.traces))
     return state, buffers
 
   def _sample_correct(self, graphdef, state, problems, questions, qlen, keys):
@@ -436,11 +468,14 @@ class _Loop:
       budgets.append(config.eval.budget)
     runs = sum(1 if m == "greedy" else len(budgets)
                for m in self.eval_methods)
+    mine = distributed.shard(len(self.data.test))
     with self._bar(runs, f"evaluation, iteration {iteration}") as bar:
       results, search = evaluation.evaluate(
-          models, self.eval_context, self.data.test,
+          models, self.eval_context, self.data.test[mine],
           methods=self.eval_methods, budgets=budgets,
           seed=config.seed + 7919 * iteration,
+          indices=range(mine.start, mine.stop),
+          gather=distributed.allgather_rows,
           progress=lambda *_: bar.update())
     self.outputs.trees(iteration, "eval", search, self.tokenizer.decode,
                        config.trees_per_iteration)
@@ -460,7 +495,10 @@ def run(config, workdir) -> list[dict]:
   rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if distributed.is_main():  # writes config.json into a new workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    experiment.check_config(config, workdir)
+  distributed.barrier("config")
   experiment.check_config(config, workdir)
   loop = _Loop(config, workdir)
   phases = schedule(config.iterations)
@@ -470,8 +508,10 @@ def run(config, workdir) -> list[dict]:
               vocab_size=loop.tokenizer.vocab_size)
   if checkpoints.latest_step() is not None:
     experiment.check_checkpoint_vocab(checkpoints, loop.tokenizer, workdir)
-    state, arrays, meta = checkpoints.restore(
-        checkpoint.abstract_like(state))
+    replicated = distributed.replicated(loop.mesh)
+    state, arrays, meta = checkpoints.restore(checkpoint.abstract_like(
+        state, jax.tree.map(lambda _: replicated, state)))
+    state = distributed.to_local(state)
     buffers = Buffers.from_arrays(arrays)
     name, iteration = phases[meta["phase"]] if meta["phase"] < len(
         phases) else ("end", config.iterations)
@@ -484,16 +524,23 @@ def run(config, workdir) -> list[dict]:
         rows_before = len(meta["metrics"])
         state, buffers = getattr(loop, name)(state, buffers, meta, iteration)
         meta["phase"] = index
-        checkpoints.save(index, state, buffers.to_arrays(), meta)
+        # Saved as global arrays: with several processes, orbax writes each
+        # replicated parameter once.
+        checkpoints.save(
+            index, distributed.to_global(state,
+                                         distributed.replicated(loop.mesh)),
+            buffers.to_arrays(), meta)
         new_row = (meta["metrics"][-1] if len(meta["metrics"]) > rows_before
                    else None)
         loop.outputs.publish(meta, new_row)
         if new_row is not None:
           logging.info("iteration %d: %s", iteration, new_row)
-        if stop.requested and index + 1 < len(phases):
-          logging.warning("%s: saved after phase %s of iteration %d; rerun the "
-                          "same command to continue", stop.requested, name,
-                          iteration)
+        stop_now = distributed.any_process(stop.requested is not None)
+        if stop_now and index + 1 < len(phases):
+          logging.warning("%s: saved after phase %s of iteration %d; rerun "
+                          "the same command to continue",
+                          stop.requested or "stop requested on another "
+                          "process", name, iteration)
           break
   finally:
     loop.outputs.close()

@@ -137,7 +137,7 @@ def test_run_starts_the_job_on_every_worker(tpu):
   script = shlex.split(_flag(command, "--command"))
   assert _contains(script, [
       "nohup", ".venv/bin/python", "-u", "-m", "restmcts_jax.main",
-      "--config=configs/tiny.py", f"--workdir={_WORKDIR}", *_MAIN_FLAGS,
+      "--distributed", "--config=configs/tiny.py", f"--workdir={_WORKDIR}", *_MAIN_FLAGS,
       ">>", "~/restmcts_jax.log"])
 
 
@@ -306,7 +306,8 @@ def test_run_and_stop_scripts_on_a_worker(tpu, tmp_path):
            and time.monotonic() < deadline):
       time.sleep(0.05)
     assert log.read_text().splitlines() == [
-        "-u", "-m", "restmcts_jax.main", "--config=configs/game24.py",
+        "-u", "-m", "restmcts_jax.main", "--distributed",
+        "--config=configs/game24.py",
         f"--workdir={_WORKDIR}", *_MAIN_FLAGS]
     again = on_worker(run)
     assert again.returncode == 1

@@ -1,0 +1,79 @@
+"""GSM8K self-training from a local Hugging Face checkpoint (e.g. Qwen2.5).
+
+    python -m restmcts_jax.main \
+        --config configs/gsm8k_qwen2.py:/path/to/Qwen2.5-0.5B-Instruct \
+        --config.data.train=train.jsonl --config.data.test=test.jsonl \
+        --workdir runs/gsm8k
+
+The folder after `:` holds the model (`config.json`, safetensors weights) and
+its tokenizer, which replaces the SentencePiece one (no `tokenizer.model` is
+written). The data files are GSM8K JSONL (`question`, `answer` ending with
+`#### <number>`). Solutions are one step per line, ending with the step
+`The answer is: <number>`; the prompt is the bare question line (no chat
+template).
+
+Sized for one 80 GB GPU and a 0.5B model (1.5B: see below). The search
+collects training trees as the reference's GSM8K data generation did (SPEC: 40
+iterations, m = 1, c = 0.5, inf = 0.9, end gate 0.8 without stopping there,
+b = 3). `warmstart.steps` is 0: an instruct model needs no format warm start.
+If greedy accuracy at iteration 0 is near zero because the model does not end
+with `The answer is: <number>`, set e.g. `--config.warmstart.steps=100` to
+fine-tune on the training references' steps first.
+
+Memory, estimated (XLA:CPU compile-time buffer sizes of the loop's jitted
+calls at Qwen2.5's shapes, not measured on an accelerator). Parameters and
+activations are f32; the policy and the value model (a copy of it) are 2 GB
+each at 0.5B, 6 GB each at 1.5B. Attention probabilities are materialized, so
+activations grow with the square of the padded length, and evaluation runs
+all `eval.num_test` questions (times the samples per question) in one batch:
+
+                                                  0.5B      1.5B
+  collect: 32 questions, 40 MCTS* iterations      22 GB     53 GB
+  train: batch 4 padded to 1,024 tokens (AdamW)   42 GB     73 GB
+  eval, 64 questions: SC/BoN/ToT at 4 samples     46 GB     67 GB
+                      MCTS*, 64 iterations        54 GB    128 GB
+
+Hence `train.batch_size` 4 (16 would need about 150 GB at 1,024 tokens),
+`eval.num_test` 64 and budgets up to 4 (200 questions at 4 samples need about
+135 GB at 0.5B). For 1.5B add `--config.eval.num_test=32`.
+
+Parameters are replicated, never sharded: training is data-parallel over all
+devices (the batch sizes must be multiples of the device count), and search
+and evaluation run on one device per process. So every device holds both
+models and, while training, AdamW in f32; a 7B model (over 100 GB of them)
+needs sharded parameters, which the loop does not do yet.
+"""
+
+from configs import game24
+
+_USAGE = ("usage: --config configs/gsm8k_qwen2.py:/path/to/checkpoint "
+          "--config.data.train=train.jsonl --config.data.test=test.jsonl "
+          "(a local Hugging Face checkpoint folder with its tokenizer)")
+
+
+def get_config(checkpoint: str = ""):
+  """The config for the Hugging Face checkpoint folder `checkpoint`.
+
+  Raises:
+    ValueError: showing the usage, when no folder is given.
+  """
+  if not checkpoint:
+    raise ValueError(f"configs/gsm8k_qwen2.py needs a checkpoint folder; "
+                     f"{_USAGE}")
+  config = game24.get_config()
+  config.task = "gsm8k"
+  config.question_width = 256
+  config.max_depth = 10
+  config.model.hf_checkpoint = checkpoint
+  config.sampler.update(temperature=0.7, top_p=0.95, max_step_len=64)
+  config.warmstart.update(steps=0, batch_size=4, learning_rate=1e-5)
+  config.search.update(num_iterations=40, branch=3, roll_forward_steps=1,
+                       exploration=0.5, unvisited_bonus=0.9, end_gate=0.8,
+                       stop_at_end_gate=False)
+  config.search_questions = 256
+  config.search_batch = 32
+  config.train.update(policy_steps=200, value_steps=200, batch_size=4,
+                      learning_rate=1e-5)
+  config.eval.update(num_test=64, methods="greedy,sc,bon,tot,mcts", budget=4,
+                     budgets="1,2,4", mcts_iterations=64)
+  return config

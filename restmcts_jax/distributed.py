@@ -1,0 +1,110 @@
+"""Multi-process helpers: start-up, question shards, gathering variable-size
+host data, and moving parameters between a process's devices and a global
+data-parallel mesh.
+
+One process per host (Cloud TPU VM worker, GPU node), or several on one
+machine for tests (CPU collectives over loopback). Search and evaluation run
+process-locally on each process's share of the questions; their results are
+gathered so every process holds the same training data; training runs on a
+mesh over all devices of all processes.
+"""
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from restmcts_jax.training import sharding
+
+
+def initialize(coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """`jax.distributed.initialize`; without arguments it detects the cluster
+  (Cloud TPU, SLURM, ...). CPU processes talk through gloo."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def is_main() -> bool:
+  """Process 0 writes files that every process would write identically."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process got here (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (e.g. a preemption notice that
+  reached only one host), so all processes stop at the same point."""
+  if jax.process_count() == 1:
+    return flag
+  flags = multihost_utils.process_allgather(np.array([flag], np.int32))
+  return bool(np.any(flags))
+
+
+def shard(count: int) -> slice:
+  """This process's contiguous share of `count` items: concatenating the
+  shards in process order gives the items in their original order."""
+  p, n = jax.process_index(), jax.process_count()
+  return slice(count * p // n, count * (p + 1) // n)
+
+
+def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Concatenates, in process order, every process's arrays (same keys and
+  dtypes; any leading size, any second size for 2-D arrays).
+
+  Every process gets the same result; with one process it is `arrays`.
+  """
+  if jax.process_count() == 1:
+    return arrays
+  out = {}
+  for key in sorted(arrays):
+    local = np.asarray(arrays[key])
+    shapes = multihost_utils.process_allgather(
+        np.array(local.shape + (0,) * (2 - local.ndim), np.int64))
+    rows, width = shapes.max(axis=0)
+    padded = np.zeros((rows,) + ((width,) if local.ndim == 2 else ()),
+                      local.dtype)
+    padded[tuple(slice(0, s) for s in local.shape)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    parts = [g[:s[0], :width] if local.ndim == 2 else g[:s[0]]
+             for g, s in zip(gathered, shapes)]
+    out[key] = np.concatenate(parts)
+  return out
+
+
+def data_parallel_mesh() -> jax.sharding.Mesh:
+  """All devices of all processes on the `data` axis."""
+  return sharding.make_mesh((jax.device_count(), 1, 1))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def to_global(tree, shardings):
+  """Host or process-local arrays -> global arrays with `shardings` (a tree
+  of shardings matching `tree`, or one for all). Every process must pass the
+  same values."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+
+  def put(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+  return jax.tree.map(put, tree, shardings)
+
+
+def to_local(tree):
+  """Replicated arrays -> this process's copy on its first device (search
+  and evaluation run there, process-locally)."""
+  def local(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(local, tree)

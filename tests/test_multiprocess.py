@@ -1,0 +1,78 @@
+"""Two processes on loopback (CPU collectives) run one self-training job over
+a global mesh and end with the metrics of one process with as many devices.
+
+The task is GSM8K-format addition that the tiny model learns in its warm
+start, so the search finds correct solutions and both models train on data
+gathered from both processes.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SUMS = [(2, 3), (4, 5), (7, 1), (6, 2), (3, 3), (8, 1)]
+CONFIG = ("--config=configs/tiny.py", "--config.iterations=1",
+          "--config.task=gsm8k", "--config.warmstart.steps=200",
+          "--config.warmstart.learning_rate=3e-3", "--config.max_depth=3",
+          "--config.search_questions=6", "--config.tokenizer.vocab_size=300",
+          "--config.sampler.temperature=0.3")
+
+
+def _env(tmp, devices):
+  return dict(os.environ,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _main(workdir, env, data, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-m", "restmcts_jax.main", *CONFIG,
+       f"--config.data.train={data}", f"--config.data.test={data}", *extra,
+       "--workdir", str(workdir)], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _metrics(workdir):
+  return [json.loads(l) for l in
+          (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  data = tmp_path / "sums.jsonl"
+  data.write_text("".join(
+      json.dumps(dict(question=f"What is {a} + {b}?",
+                      answer=f"{a} + {b} = {a + b}\n#### {a + b}")) + "\n"
+      for a, b in SUMS))
+  single = _main(tmp_path / "one_process", _env(tmp_path, 2), data)
+  out, _ = single.communicate(timeout=600)
+  assert single.returncode == 0, out
+
+  port = _free_port()
+  workdir = tmp_path / "two_processes"  # shared, as a GCS bucket would be
+  processes = [
+      _main(workdir, _env(tmp_path, 1), data,
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+            f"--process_id={i}") for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in processes]
+  for p, out in zip(processes, outs):
+    assert p.returncode == 0, out
+  metrics = _metrics(tmp_path / "one_process")
+  # Both models trained on searched data: there is something to compare.
+  assert metrics[1]["traces"] > 0 and metrics[1]["value_records"] > 0
+  assert _metrics(workdir) == metrics
+  # Only process 0 prints and writes the results.
+  assert "iteration=1" in outs[0] and "iteration=1" not in outs[1]
+  assert (workdir / "plots" / "accuracy_per_iteration.png").is_file()
