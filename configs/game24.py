@@ -33,7 +33,7 @@ def get_config():
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   config.warmstart = ml_collections.ConfigDict(
-      dict(steps=1500, batch_size=32, learning_rate=1e-3))
+      dict(steps=1000, batch_size=32, learning_rate=1e-3))
   config.search = ml_collections.ConfigDict(dict(
       num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,
@@ -43,10 +43,11 @@ def get_config():
   config.train = ml_collections.ConfigDict(dict(
       policy_steps=100, value_steps=100, batch_size=32, learning_rate=3e-4,
       traces_per_question=2, min_reward=0.0))
-  # ReST-EM: solutions sampled per training question.
-  config.rest_em = ml_collections.ConfigDict(dict(num_samples=8))
+  # ReST-EM: solutions sampled per training question (6 x ~50 tokens: about
+  # the policy tokens MCTS* spends per question).
+  config.rest_em = ml_collections.ConfigDict(dict(num_samples=6))
   # Held-out evaluation: every method at `budget` CoT samples' worth of
-  # tokens each iteration; at warm start and at the end also at `budgets`.
+  # tokens each iteration; after the last iteration also at `budgets`.
   # Tune on split="validation" (100 puzzles outside the test ranks).
   config.eval = ml_collections.ConfigDict(dict(
       num_test=100, split="test", methods="greedy,sc,bon,tot,mcts",

@@ -462,7 +462,7 @@ class _Loop:
     models = (nnx.merge(self.policy_graph, state["policy"]),
               nnx.merge(self.value_graph, state["value"]))
     final = iteration == config.iterations
-    budgets = sorted(set(self.eval_budgets) if final or iteration == 0
+    budgets = sorted(set(self.eval_budgets) if final
                      else {config.eval.budget})
     if config.eval.budget not in budgets:
       budgets.append(config.eval.budget)
