@@ -1,9 +1,9 @@
 """Checkpoints of the self-training state, through orbax.
 
 A checkpoint has three parts:
-  * `state`   — fixed-shape arrays (both models' `TrainState`s, PRNG key data),
-                restored onto whatever shardings the caller asks for, so a run
-                can resume on a different mesh;
+  * `state`   — fixed-shape arrays (e.g. both models' parameters), restored
+                onto whatever shardings the caller asks for, so a run can
+                resume on a different mesh;
   * `buffers` — data whose size changes (value records, traces), restored as
                 saved, as numpy arrays;
   * `meta`    — JSON (iteration, phase, ...).

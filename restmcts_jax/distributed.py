@@ -58,7 +58,8 @@ def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Concatenates, in process order, every process's arrays (same keys and
   dtypes; any leading size, any second size for 2-D arrays).
 
-  Every process gets the same result; with one process it is `arrays`.
+  Every process gets the same result, in the local dtypes; with one process
+  it is `arrays`. 64-bit values travel as 32-bit ones (no jax_enable_x64).
   """
   if jax.process_count() == 1:
     return arrays
@@ -74,8 +75,15 @@ def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     gathered = np.asarray(multihost_utils.process_allgather(padded))
     parts = [g[:s[0], :width] if local.ndim == 2 else g[:s[0]]
              for g, s in zip(gathered, shapes)]
-    out[key] = np.concatenate(parts)
+    out[key] = np.concatenate(parts).astype(local.dtype)
   return out
+
+
+def broadcast(value: int) -> int:
+  """Process 0's `value` on every process."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def data_parallel_mesh() -> jax.sharding.Mesh:

@@ -17,7 +17,6 @@ then one line per method `RESULT accuracy_<method> <fraction>` (`predictions`
 for a predictions file).
 """
 
-import dataclasses
 import json
 import pathlib
 import sys
@@ -112,17 +111,20 @@ def evaluate_checkpoint(workdir, *, task_name: str | None, data: str | None,
                         num_problems: int = 0
                         ) -> list[evaluation.MethodResult]:
   """Every method at `budget` with the latest checkpoint of `workdir`."""
-  config, tokenizer, models, _ = experiment.restore(workdir)
+  config, tokenizer, models, meta = experiment.restore(workdir)
   task = registry.get_task(task_name or config.task)
   if data is not None or task.name != config.task:
     problems = task.load(data)
   else:
     problems = experiment.load_data(config).test
   problems = problems[:num_problems or None]
-  context = experiment.eval_context(config, tokenizer)
-  context = dataclasses.replace(context, task=task)
-  results, _ = evaluation.evaluate(models, context, problems, methods=methods,
-                                   budgets=[budget], seed=config.seed)
+  config.task = task.name  # its answer marker ends a solution
+  iteration = meta["metrics"][-1]["iteration"] if meta["metrics"] else 0
+  # The loop's evaluation seed of the checkpoint's iteration.
+  results, _ = evaluation.evaluate(
+      models, experiment.eval_context(config, tokenizer), problems,
+      methods=methods, budgets=[budget],
+      seed=config.seed + 7919 * iteration)
   return results
 
 

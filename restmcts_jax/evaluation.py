@@ -161,9 +161,11 @@ def _result(method, samples, context, problems, texts, policy_tokens,
             value_tokens) -> MethodResult:
   correct = [context.task.is_correct(t, p.reference)
              for t, p in zip(texts, problems)]
-  per_problem = dict(correct=np.asarray(correct, np.float64),
-                     policy_tokens=np.asarray(policy_tokens, np.int64),
-                     value_tokens=np.asarray(value_tokens, np.int64))
+  # int32: exact through a multi-process gather (64-bit values travel as
+  # 32-bit ones without jax_enable_x64).
+  per_problem = dict(correct=np.asarray(correct, np.int32),
+                     policy_tokens=np.asarray(policy_tokens, np.int32),
+                     value_tokens=np.asarray(value_tokens, np.int32))
   return MethodResult.from_problems(method, samples, per_problem, texts)
 
 
@@ -270,12 +272,13 @@ def evaluate(models, context: EvalContext,
     problems: held-out problems (this process's share of them).
     methods: names from METHODS.
     budgets: budgets N in CoT samples.
-    seed: evaluation seed; each (method, budget) gets its own key.
+    seed: evaluation seed; each (method, budget) gets its own key, the same
+      whatever else is evaluated with it.
     indices: the problems' indices in the whole set (see `run_method`).
     gather: concatenates every process's per-problem arrays (e.g.
       `distributed.allgather_rows`), so the means, and the token length L
       behind MCTS*'s budget, are taken over all problems.
-    progress: optional callable `(method, samples) -> None`, called before
+    progress: optional callable `(method, samples) -> None`, called after
       each run (e.g. a progress bar's update).
 
   Returns:
@@ -295,18 +298,24 @@ def evaluate(models, context: EvalContext,
         method, result.samples, gather(result.per_problem),
         result.solutions), search
 
-  greedy, _ = run("greedy", 1, key, 0.0)
+  def method_key(method, samples):
+    return jax.random.fold_in(
+        jax.random.fold_in(key, METHODS.index(method)), samples)
+
+  greedy, _ = run("greedy", 1, method_key("greedy", 1), 0.0)
+  if progress is not None:
+    progress("greedy", 1)
   length = max(greedy.policy_tokens, 1.0)
   results, trees = [], None
-  for i, method in enumerate(methods):
+  for method in methods:
     if method == "greedy":
       results.append(greedy)
       continue
-    for j, samples in enumerate(sorted(budgets)):
+    for samples in sorted(budgets):
+      result, search = run(method, samples, method_key(method, samples),
+                           length)
       if progress is not None:
         progress(method, samples)
-      result, search = run(method, samples,
-                           jax.random.fold_in(key, 1000 * (i + 1) + j), length)
       results.append(result)
       if search is not None:
         trees = search

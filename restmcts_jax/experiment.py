@@ -6,7 +6,8 @@ Workdir layout:
   config.json       the config the workdir was created with
   tokenizer.model   the SentencePiece tokenizer (trained here unless the
                     config names a Hugging Face checkpoint folder)
-  checkpoints/      orbax checkpoints (policy and value train states)
+  checkpoints/      orbax checkpoints (policy and value parameters, D_V,
+                    D_G and metrics) after every phase
 """
 
 import dataclasses
@@ -43,7 +44,7 @@ class Data:
 
   train: tuple[registry.Problem, ...]
   test: tuple[registry.Problem, ...]
-  warmstart: tuple[str, ...]
+  warmstart: tuple[tuple[str, str], ...]  # (prompt, prompt + solution)
 
 
 def load_data(config) -> Data:
@@ -64,28 +65,51 @@ def load_data(config) -> Data:
       raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
                        "'test' or 'validation'")
     held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
+    # A format-only text's first line is its question.
+    pairs = tuple((t.split("\n")[0] + "\n", t) for t in warmstart)
     return Data(tuple(map(to_problem, splits.train)),
-                tuple(map(to_problem, held_out)), tuple(warmstart))
+                tuple(map(to_problem, held_out)), pairs)
+  if config.eval.split != "test":
+    raise ValueError(f"config.eval.split={config.eval.split!r}: task "
+                     f"{config.task!r} evaluates on config.data.test; point "
+                     "it at a validation file to tune")
   for split in ("train", "test"):
     if not config.data.get(split):
       raise ValueError(f"config.data.{split}: task {config.task!r} needs a "
                        "data file")
   train = tuple(task.load(config.data.train))
   test = tuple(task.load(config.data.test))[:config.eval.num_test]
-  warmstart = tuple(p.question + "\n".join(p.steps) + "\n" for p in train
-                    if p.steps)
+  warmstart = tuple((p.question, p.question + "\n".join(p.steps) + "\n")
+                    for p in train if p.steps)
   return Data(train, test, warmstart)
 
 
-def check_config(config, workdir) -> None:
-  """Writes `config.json` into a new workdir; in an existing one, raises
-  ValueError naming the first key that differs from the saved config
-  (other than RESUMABLE_KEYS)."""
+def check_workdir(workdir) -> None:
+  """ValueError for a workdir the loop cannot write (a URL)."""
+  if "://" in str(workdir):
+    raise ValueError(
+        f"--workdir={workdir}: URLs are not supported yet; use a local "
+        "folder, or a bucket mounted as one (e.g. gcsfuse) that every "
+        "process sees")
+
+
+def write_config(config, workdir) -> None:
+  """Writes `config.json` into a workdir that has none."""
   path = pathlib.Path(workdir) / CONFIG_FILE
-  current = json.loads(config.to_json())
   if not path.is_file():
-    path.write_text(json.dumps(current, indent=2, sort_keys=True))
-    return
+    path.write_text(json.dumps(json.loads(config.to_json()), indent=2,
+                               sort_keys=True))
+
+
+def check_config(config, workdir) -> None:
+  """Raises ValueError naming the first key that differs from the
+  workdir's `config.json` (other than RESUMABLE_KEYS)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"no {path}: with several processes, the workdir must be one folder "
+        "that every process sees")
+  current = json.loads(config.to_json())
   saved = json.loads(path.read_text())
 
   def flat(d, prefix=""):
@@ -110,13 +134,14 @@ def check_config(config, workdir) -> None:
 
 def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
   """The config's HF checkpoint's tokenizer, the workdir's SentencePiece
-  model, or a new one trained on the warm-start texts and questions."""
+  model, or a new one trained on the warm-start texts and the training
+  questions (held-out text stays out of every part of training)."""
   if config.model.hf_checkpoint:
     return load_tokenizer(config.model.hf_checkpoint)
   path = pathlib.Path(workdir) / TOKENIZER_FILE
   if path.is_file():
     return SentencePieceTokenizer.load(path)
-  texts = list(data.warmstart) + [p.question for p in data.train + data.test]
+  texts = [t for _, t in data.warmstart] + [p.question for p in data.train]
   return SentencePieceTokenizer.train(texts, path.with_suffix(""),
                                       vocab_size=config.tokenizer.vocab_size)
 
@@ -186,16 +211,18 @@ def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
 
 
 def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
-  """Evaluation settings: MCTS* as SPEC's evaluation search (stops at the
-  end gate), capped at `config.eval.mcts_iterations`; without a gate
-  node it answers with its best finished solution, as Best-of-N and ToT do.
+  """Evaluation settings. MCTS* uses `config.search` but stops at the end
+  gate, and only at a finished solution, capped at
+  `config.eval.mcts_iterations`; without a gate node it answers with its
+  best finished solution, as Best-of-N and ToT do.
   """
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
       search_config=search_config_for(
           config, num_iterations=config.eval.mcts_iterations,
-          stop_at_end_gate=True, prefer_final_answer=True),
+          stop_at_end_gate=True, gate_requires_final=True,
+          prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
       tot_branch=config.eval.tot_branch)
 

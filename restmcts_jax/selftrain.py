@@ -247,7 +247,8 @@ class StopOnSignal:
 class _Loop:
   """The phases of one run; state is `{"policy", "value"}` parameters."""
 
-  def __init__(self, config, workdir: pathlib.Path):
+  def __init__(self, config, workdir: pathlib.Path,
+               checkpoints: checkpoint.Checkpointer):
     if config.mode not in MODES:
       raise ValueError(f"config.mode={config.mode!r}: choose from {MODES}")
     self.config = config
@@ -264,6 +265,18 @@ class _Loop:
       experiment.tokenizer_for(config, workdir, self.data)
     distributed.barrier("tokenizer")
     self.tokenizer = experiment.tokenizer_for(config, workdir, self.data)
+    if checkpoints.latest_step() is not None:
+      experiment.check_checkpoint_vocab(checkpoints, self.tokenizer, workdir)
+    # Every process checks every question now: a too-long one found later
+    # would stop one process while the others wait in a collective.
+    for split in ("train", "test"):
+      for i, p in enumerate(getattr(self.data, split)):
+        n = len(self.tokenizer.encode(p.question))
+        if n > config.question_width:
+          raise ValueError(
+              f"{split} problem {i} has {n} tokens, more than "
+              f"config.question_width={config.question_width}: "
+              f"{p.question[:60]!r}")
     policy, value_model = experiment.models_for(config, self.tokenizer)
     self.policy_graph, policy_params = nnx.split(policy)
     self.value_graph, value_params = nnx.split(value_model)
@@ -324,11 +337,9 @@ class _Loop:
   def warmstart(self, state, buffers, meta, iteration):
     del iteration
     c = self.config.warmstart
-    examples = []
-    for text in self.data.warmstart:
-      question = text.split("\n")[0] + "\n"
-      examples.append((self.tokenizer.encode(text),
-                       len(self.tokenizer.encode(question))))
+    examples = [(self.tokenizer.encode(text),
+                 len(self.tokenizer.encode(prompt)))
+                for prompt, text in self.data.warmstart]
     if c.steps and examples:
       batches = list(batching.sft_batches(examples, c.batch_size,
                                           seed=self.config.seed))
@@ -396,7 +407,7 @@ class _Loop:
     gathered = Buffers.from_arrays(distributed.allgather_rows(Buffers(
         value_rows, value_targets, traces).to_arrays(keep_empty=True)))
     counts = distributed.allgather_rows(
-        dict(counts=np.array([[solved, tokens_used]], np.int64)))["counts"]
+        dict(counts=np.array([[solved, tokens_used]], np.int32)))["counts"]
     solved, tokens_used = counts.sum(axis=0).tolist()
     buffers.value_rows += gathered.value_rows  # D_V accumulates
     buffers.value_targets += gathered.value_targets
@@ -473,7 +484,7 @@ class _Loop:
       results, search = evaluation.evaluate(
           models, self.eval_context, self.data.test[mine],
           methods=self.eval_methods, budgets=budgets,
-          seed=config.seed + 7919 * iteration,
+          seed=config.seed + 7919 * iteration,  # as evaluate --checkpoint
           indices=range(mine.start, mine.stop),
           gather=distributed.allgather_rows,
           progress=lambda *_: bar.update())
@@ -494,29 +505,33 @@ def run(config, workdir) -> list[dict]:
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
   rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
   """
+  experiment.check_workdir(workdir)
   workdir = pathlib.Path(workdir)
-  if distributed.is_main():  # writes config.json into a new workdir
+  if distributed.is_main():
     workdir.mkdir(parents=True, exist_ok=True)
-    experiment.check_config(config, workdir)
+    experiment.write_config(config, workdir)
   distributed.barrier("config")
   experiment.check_config(config, workdir)
-  loop = _Loop(config, workdir)
-  phases = schedule(config.iterations)
   checkpoints = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=2)
+  loop = _Loop(config, workdir, checkpoints)
+  phases = schedule(config.iterations)
   state, buffers = loop.initial_state, Buffers()
   meta = dict(phase=-1, metrics=[], evaluations=[], current={},
               vocab_size=loop.tokenizer.vocab_size)
-  if checkpoints.latest_step() is not None:
-    experiment.check_checkpoint_vocab(checkpoints, loop.tokenizer, workdir)
+  # Process 0's view decides, so all processes resume from the same phase.
+  latest = checkpoints.latest_step()
+  latest = distributed.broadcast(-1 if latest is None else latest)
+  if latest >= 0:
     replicated = distributed.replicated(loop.mesh)
     state, arrays, meta = checkpoints.restore(checkpoint.abstract_like(
-        state, jax.tree.map(lambda _: replicated, state)))
+        state, jax.tree.map(lambda _: replicated, state)), step=latest)
     state = distributed.to_local(state)
     buffers = Buffers.from_arrays(arrays)
     name, iteration = phases[meta["phase"]] if meta["phase"] < len(
         phases) else ("end", config.iterations)
     logging.info("resumed after phase %s of iteration %d from %s", name,
                  iteration, checkpoints.directory)
+    loop.outputs.publish(meta, None)  # in case the last run died before it
   try:
     with StopOnSignal() as stop:
       for index in range(meta["phase"] + 1, len(phases)):

@@ -252,11 +252,14 @@ def test_evaluate_runs_greedy_once_then_each_method_at_each_budget(
   calls, shown = [], []
 
   def fake_run(method, samples, models, context, problems, key, *,
-               greedy_tokens):
+               greedy_tokens, indices):
+    del indices
     calls.append((method, samples, greedy_tokens,
                   tuple(jax.random.key_data(key).tolist())))
     tokens = greedy_policy_tokens if method == "greedy" else 0.0
-    result = evaluation.MethodResult(method, samples, 0.0, tokens, 0.0, ())
+    result = evaluation.MethodResult.from_problems(
+        method, samples, dict(correct=np.zeros(1), value_tokens=np.zeros(1),
+                              policy_tokens=np.full(1, tokens)), ())
     return result, (f"search at {samples}" if method == "mcts" else None)
 
   monkeypatch.setattr(evaluation, "run_method", fake_run)
@@ -266,9 +269,9 @@ def test_evaluate_runs_greedy_once_then_each_method_at_each_budget(
   order = [("sc", 1), ("sc", 4), ("greedy", 1), ("mcts", 1), ("mcts", 4)]
   assert [(r.method, r.samples) for r in results] == order
   # Greedy runs first, once, and its length L (at least 1 token) sets the
-  # other runs' budgets; every run has its own key.
-  assert [c[:2] for c in calls] == [("greedy", 1)] + shown
-  assert shown == [m for m in order if m[0] != "greedy"]
+  # other runs' budgets; every run has its own key; progress follows each.
+  assert [c[:2] for c in calls] == shown
+  assert shown == [("greedy", 1)] + [m for m in order if m[0] != "greedy"]
   assert [c[2] for c in calls] == [0.0] + [length] * 4
   assert len({c[3] for c in calls}) == len(calls)
   assert search == "search at 4"  # the largest budget's tree

@@ -1,9 +1,9 @@
 """Two processes on loopback (CPU collectives) run one self-training job over
 a global mesh and end with the metrics of one process with as many devices.
 
-The task is GSM8K-format addition that the tiny model learns in its warm
-start, so the search finds correct solutions and both models train on data
-gathered from both processes.
+The task (`sums_task`) is one the tiny model learns in its warm start, so the
+search finds correct solutions and both models train on data gathered from
+both processes.
 """
 
 import json
@@ -13,13 +13,9 @@ import socket
 import subprocess
 import sys
 
+from tests import sums_task
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SUMS = [(2, 3), (4, 5), (7, 1), (6, 2), (3, 3), (8, 1)]
-CONFIG = ("--config=configs/tiny.py", "--config.iterations=1",
-          "--config.task=gsm8k", "--config.warmstart.steps=200",
-          "--config.warmstart.learning_rate=3e-3", "--config.max_depth=3",
-          "--config.search_questions=6", "--config.tokenizer.vocab_size=300",
-          "--config.sampler.temperature=0.3")
 
 
 def _env(tmp, devices):
@@ -33,8 +29,8 @@ def _env(tmp, devices):
 
 def _main(workdir, env, data, *extra):
   return subprocess.Popen(
-      [sys.executable, "-m", "restmcts_jax.main", *CONFIG,
-       f"--config.data.train={data}", f"--config.data.test={data}", *extra,
+      [sys.executable, "-m", "restmcts_jax.main", "--config=configs/tiny.py",
+       *sums_task.flags(data), *extra,
        "--workdir", str(workdir)], cwd=ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -51,11 +47,7 @@ def _metrics(workdir):
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
-  data = tmp_path / "sums.jsonl"
-  data.write_text("".join(
-      json.dumps(dict(question=f"What is {a} + {b}?",
-                      answer=f"{a} + {b} = {a + b}\n#### {a + b}")) + "\n"
-      for a, b in SUMS))
+  data = sums_task.write_data(tmp_path / "sums.jsonl")
   single = _main(tmp_path / "one_process", _env(tmp_path, 2), data)
   out, _ = single.communicate(timeout=600)
   assert single.returncode == 0, out

@@ -19,6 +19,7 @@ from restmcts_jax.search import tree as tree_lib
 from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 from restmcts_jax.tokenizer import SentencePieceTokenizer
+from tests import sums_task
 
 TASK = registry.get_task("game24")
 PUZZLES = [(4, 9, 10, 13), (1, 2, 3, 4)]
@@ -121,34 +122,29 @@ def test_search_and_greedy_evaluation_with_a_tiny_lm(tokenizer):
 
 def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
     tmp_path, monkeypatch):
-  from configs import tiny
-  config = tiny.get_config()
-  config.iterations = 1
-  config.warmstart.steps = 150
-  config.train.learning_rate = 3e-3
-  # Call every finished solution correct, so the iteration's D_V and D_G are
-  # not empty for an untrained model and both training phases run.
-  def every_final_is_correct(tree, task, references, decode, *, max_depth):
-    del task, references, decode, max_depth
-    return np.asarray(tree.final) & np.asarray(tree.used)
-  monkeypatch.setattr(selftrain, "label_final_nodes", every_final_is_correct)
-  first = selftrain.run(config, tmp_path)
+  # A task the tiny model learns in its warm start: the search finds correct
+  # solutions with the real verifier, so D_V and D_G are not empty and both
+  # training phases run.
+  config = sums_task.config(sums_task.write_data(tmp_path / "sums.jsonl"))
+  workdir = tmp_path / "run"
+  first = selftrain.run(config, workdir)
   assert [m["iteration"] for m in first] == [0, 1]  # 0: after the warm start
   m = first[1]
   assert m["value_records"] > 0 and m["traces"] > 0, m
+  assert m["search_solved"] > 0
   assert np.isfinite(m["value_loss"]) and np.isfinite(m["policy_loss"])
   for method in evaluation.METHODS:
     assert 0.0 <= m[f"accuracy_{method}"] <= 1.0
-  assert (tmp_path / "tokenizer.model").is_file()
+  assert (workdir / "tokenizer.model").is_file()
   # Rerunning with more iterations resumes after iteration 1.
   config.iterations = 2
-  second = selftrain.run(config, tmp_path)
+  second = selftrain.run(config, workdir)
   assert second[:2] == first
   assert second[2]["iteration"] == 2
   assert second[2]["value_records"] >= m["value_records"]  # D_V accumulates
   # A NaN loss stops the run naming the phase; the results so far and the
   # finished iterations' checkpoints stay as they were.
-  metrics_before = (tmp_path / "metrics.jsonl").read_text()
+  metrics_before = (workdir / "metrics.jsonl").read_text()
   real_value_loss = selftrain.training_steps.value_loss
   def nan_value_loss(model, batch):
     loss, aux = real_value_loss(model, batch)
@@ -157,9 +153,9 @@ def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
   config.iterations = 3
   with pytest.raises(FloatingPointError,
                      match="value training, iteration 3: loss is nan"):
-    selftrain.run(config, tmp_path)
-  assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
-  checkpoints = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    selftrain.run(config, workdir)
+  assert (workdir / "metrics.jsonl").read_text() == metrics_before
+  checkpoints = checkpoint.Checkpointer(workdir / "checkpoints")
   last_eval = len(selftrain.schedule(2)) - 1
   assert checkpoints.latest_step() == last_eval + 1  # the collect phase
   assert checkpoints.read_meta(last_eval)["metrics"] == second

@@ -59,6 +59,8 @@ class MCTSConfig:
     end_gate: a selected leaf with at least this value may end the search.
     stop_at_end_gate: end at the gate (evaluation) or search the whole budget
       (collecting trees for training).
+    gate_requires_final: only a finished solution can pass the gate (SPEC:
+      any node; an unfinished answer grades wrong at evaluation).
     prefer_final_answer: when no node passed the gate, answer with the best
       final node if there is one (SPEC: the best node, which may be an
       unfinished partial solution, so it scores 0 when values are flat).
@@ -76,6 +78,7 @@ class MCTSConfig:
   unvisited_bonus: float = 1.0
   end_gate: float = 0.9
   stop_at_end_gate: bool = True
+  gate_requires_final: bool = False
   prefer_final_answer: bool = False
   max_depth: int = 8
   max_step_len: int = 32
@@ -383,6 +386,8 @@ def search(
     gate = active & (leaf != tree_lib.ROOT_INDEX) & (
         value_at_leaf >= config.end_gate)
     gate &= config.stop_at_end_gate
+    if config.gate_requires_final:
+      gate &= s.tree.final[jnp.arange(b), leaf]
     active &= ~gate
     tree, memory, expanded, p1, v1 = _expand(
         models, s.tree, memory, leaf, active, keys, s.iterations, config)
