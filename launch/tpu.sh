@@ -13,8 +13,10 @@ readonly USAGE="usage: launch/tpu.sh COMMAND [options] [-- restmcts_jax.main fla
 Commands:
   create   create the TPU VM slice
   setup    clone --repo on every worker, make a Python >= 3.11 venv and
-           pip install -e . and jax[tpu] (rerun to pull and reinstall)
-  run      start restmcts_jax.main under nohup on every worker
+           pip install -e . and jax[tpu] (rerun to pull and reinstall);
+           with --bucket, install gcsfuse and mount the bucket at /gcs/NAME
+  run      start restmcts_jax.main under nohup on every worker, first
+           mounting the workdir's bucket where it is not mounted
   logs     follow one worker's log (--worker, default 0)
   stop     end the job on every worker
   copy     copy the workdir and one worker's log to --dest
@@ -35,8 +37,11 @@ Options (environment variable in brackets):
                            origin [TPU_REPO]
   --config FILE            config in the checkout; default configs/game24.py
                            [TPU_CONFIG]
-  --workdir DIR            gs://BUCKET/PATH, or a path on the workers
-                           relative to the checkout [TPU_WORKDIR]
+  --bucket NAME            Cloud Storage bucket mounted at /gcs/NAME on
+                           every worker [TPU_BUCKET]
+  --workdir DIR            /gcs/BUCKET/PATH (gs://BUCKET/PATH is read as
+                           that), or a path on the workers relative to the
+                           checkout [TPU_WORKDIR]
   --worker N               worker for logs and copy; default 0
   --dest DIR               where copy puts results; default runs/NAME [TPU_DEST]
   --dry-run                print the commands instead of running them
@@ -63,6 +68,7 @@ accelerator_type=${TPU_ACCELERATOR_TYPE:-v4-8}
 version=${TPU_VERSION:-}
 repo=${TPU_REPO:-}
 config=${TPU_CONFIG:-configs/game24.py}
+bucket=${TPU_BUCKET:-}
 workdir=${TPU_WORKDIR:-}
 worker=0
 dest=${TPU_DEST:-}
@@ -81,6 +87,7 @@ set_option() {
     --version) version=$2 ;;
     --repo) repo=$2 ;;
     --config) config=$2 ;;
+    --bucket) bucket=$2 ;;
     --workdir) workdir=$2 ;;
     --worker) worker=$2 ;;
     --dest) dest=$2 ;;
@@ -158,6 +165,15 @@ on_workers() {
   tpu_vm ssh "$name" "${scope[@]}" --worker="$workers" --command="$script"
 }
 
+# A step that mounts --bucket at /gcs/BUCKET unless it is mounted already
+# (a worker that restarted has lost its mount).
+mount_step() {
+  local dir=/gcs/$bucket
+  echo "if ! mountpoint -q $dir; then sudo mkdir -p $dir;" \
+    "sudo chown \"\$(id -u):\$(id -g)\" $dir;" \
+    "gcsfuse --implicit-dirs --rename-dir-limit=10000 $bucket $dir; fi"
+}
+
 create() {
   require --name --zone
   if [[ -z $version ]]; then
@@ -187,8 +203,20 @@ setup() {
     repo=$(git -C "$(dirname "$0")" remote get-url origin 2>/dev/null) ||
       die "--repo is required (or set TPU_REPO): this checkout has no origin"
   fi
-  local quoted_repo
+  local quoted_repo bucket_steps=()
   printf -v quoted_repo '%q' "$repo"
+  if [[ -n $bucket ]]; then
+    # gcsfuse from Google's apt repository, as its install guide has it.
+    bucket_steps=(
+      'if ! command -v gcsfuse > /dev/null'
+      'then export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s)'
+      'echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt $GCSFUSE_REPO main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null'
+      'sudo curl -fsSL -o /usr/share/keyrings/cloud.google.asc https://packages.cloud.google.com/apt/doc/apt-key.gpg'
+      'sudo apt-get update -q'
+      'sudo apt-get install -y -q -o DPkg::Lock::Timeout=600 gcsfuse'
+      'fi'
+      "$(mount_step)")
+  fi
   # TPU VM images up to Ubuntu 22.04 ship Python 3.10; jax needs >= 3.11.
   on_workers all \
     'set -e' \
@@ -206,14 +234,20 @@ setup() {
     '"$py" -m venv .venv' \
     '.venv/bin/pip install -q -U pip' \
     '.venv/bin/pip install -q -e .' \
-    '.venv/bin/pip install -q -U "jax[tpu]"'
+    '.venv/bin/pip install -q -U "jax[tpu]"' \
+    "${bucket_steps[@]}"
 }
 
 run() {
   require --name --zone --workdir
-  [[ $workdir == gs://* ]] || echo "tpu.sh: warning: --workdir is not on" \
-    "GCS: checkpoints stay on the workers and go with the slice" >&2
-  local job
+  local job mount_steps=()
+  if [[ $workdir == /gcs/[!/]* ]]; then
+    mount_steps=("$(mount_step)")
+  else
+    echo "tpu.sh: warning: --workdir=$workdir is not in a bucket: results" \
+      "stay on the workers and go with the slice, and the workers of a" \
+      "multi-host slice do not share it" >&2
+  fi
   # -u: print()ed metrics reach the log as they come, not when a buffer fills.
   # --distributed: the workers find each other (JAX detects the TPU slice).
   printf -v job '%q ' .venv/bin/python -u -m restmcts_jax.main --distributed \
@@ -226,6 +260,7 @@ run() {
     "then echo \"the job is running; launch/tpu.sh stop ends it\" >&2" \
     'exit 1' \
     'fi' \
+    "${mount_steps[@]}" \
     "nohup ${job}>> ~/$LOG 2>&1 < /dev/null & echo \$! > ~/$PID"
 }
 
@@ -244,8 +279,8 @@ copy() {
   require --name --zone --workdir
   local target=${dest:-runs/$name} run_dir=${workdir%/}
   run_cmd mkdir -p "$target"
-  if [[ $run_dir == gs://* ]]; then
-    run_cmd gcloud storage rsync --recursive "$run_dir" \
+  if [[ $run_dir == /gcs/[!/]* ]]; then
+    run_cmd gcloud storage rsync --recursive "gs://${run_dir#/gcs/}" \
       "$target/${run_dir##*/}"
   else
     # run starts the job in the checkout, so relative workdirs start there.
@@ -274,6 +309,29 @@ esac
     "v2-N, v3-N, v4-N, v5litepod-N for v5e, v5p-N or v6e-N)"
 [[ $worker =~ ^[0-9]+$ ]] || die "--worker: expected a number, got '$worker'"
 ((spot + preemptible < 2)) || die "--spot and --preemptible exclude each other"
+# The job writes files, so a workdir in a bucket is the bucket's mount on the
+# workers: gs://BUCKET/PATH is read as /gcs/BUCKET/PATH, and BUCKET is the
+# bucket to mount.
+mounted=$workdir
+if [[ $workdir =~ ^gs://([^/]+)(/.*)?$ ]]; then
+  mounted=/gcs/${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+fi
+[[ $mounted != *://* ]] ||
+  die "--workdir: expected gs://BUCKET/PATH or a path, got '$workdir'"
+if [[ $mounted =~ ^/gcs/([^/]+) ]]; then
+  [[ -z $bucket || $bucket == "${BASH_REMATCH[1]}" ]] ||
+    die "--workdir=$workdir is in bucket ${BASH_REMATCH[1]}, not in" \
+      "--bucket=$bucket"
+  bucket=${BASH_REMATCH[1]}
+fi
+[[ -z $bucket || $bucket =~ ^[a-z0-9][a-z0-9._-]*[a-z0-9]$ ]] ||
+  die "'$bucket' (from --bucket or --workdir) is not a bucket name such as" \
+    "my-bucket"
+if [[ $mounted != "$workdir" && ($command == run || $command == all) ]]; then
+  echo "tpu.sh: note: --workdir=$workdir is read as $mounted, where the" \
+    "bucket is mounted on the workers" >&2
+fi
+workdir=$mounted
 scope=(--zone="$zone")
 [[ -z $project ]] || scope+=(--project="$project")
 ((${#main_flags[@]} == 0)) || [[ $command == run || $command == all ]] ||

@@ -18,6 +18,10 @@ _TPU = ("gcloud", "compute", "tpus", "tpu-vm")
 _SCOPE = ("--name=my-tpu", "--zone=us-central2-b")
 _REPO = "https://example.com/restmcts_jax.git"
 _WORKDIR = "gs://bucket/runs/g24"
+_MOUNTED = "/gcs/bucket/runs/g24"  # _WORKDIR where the workers mount it
+_MOUNT = ("if ! mountpoint -q /gcs/bucket; then sudo mkdir -p /gcs/bucket; "
+          'sudo chown "$(id -u):$(id -g)" /gcs/bucket; gcsfuse --implicit-dirs '
+          "--rename-dir-limit=10000 bucket /gcs/bucket; fi")
 _MAIN_FLAGS = ("--config.iterations=8", "--config.note=a b")
 
 
@@ -127,6 +131,29 @@ def test_setup_clones_and_installs_on_every_worker(tpu):
   assert f"git clone {_REPO} restmcts_jax" in script
   assert ".venv/bin/pip install -q -e ." in script
   assert '.venv/bin/pip install -q -U "jax[tpu]"' in script
+  assert "gcsfuse" not in script  # no bucket to mount
+
+
+@pytest.mark.parametrize("bucket_flags, env", [
+    (("--bucket=bucket",), {}),
+    ((), {"TPU_BUCKET": "bucket"}),
+    ((f"--workdir={_WORKDIR}",), {}),
+    ((f"--workdir={_MOUNTED}", "--bucket", "bucket"), {}),
+])
+def test_setup_installs_gcsfuse_and_mounts_the_bucket(tpu, bucket_flags, env):
+  [command] = _dry_run(tpu, "setup", *_SCOPE, f"--repo={_REPO}", *bucket_flags,
+                       **env)
+  script = _flag(command, "--command")
+  assert ("if ! command -v gcsfuse > /dev/null; "
+          "then export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s); echo "
+          '"deb [signed-by=/usr/share/keyrings/cloud.google.asc] '
+          'https://packages.cloud.google.com/apt $GCSFUSE_REPO main" | '
+          "sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null; "
+          "sudo curl -fsSL -o /usr/share/keyrings/cloud.google.asc "
+          "https://packages.cloud.google.com/apt/doc/apt-key.gpg; "
+          "sudo apt-get update -q; "
+          "sudo apt-get install -y -q -o DPkg::Lock::Timeout=600 gcsfuse; "
+          f"fi; {_MOUNT}") in script
 
 
 def test_run_starts_the_job_on_every_worker(tpu):
@@ -134,17 +161,32 @@ def test_run_starts_the_job_on_every_worker(tpu):
                        "--config=configs/tiny.py", "--", *_MAIN_FLAGS)
   assert command[:8] == [*_TPU, "ssh", "my-tpu", "--zone=us-central2-b",
                          "--worker=all"]
-  script = shlex.split(_flag(command, "--command"))
-  assert _contains(script, [
+  script = _flag(command, "--command")
+  # The bucket is mounted again if a worker restarted since setup.
+  before, job = script.split(f"; {_MOUNT}; ")
+  assert "gcsfuse" not in before
+  assert _contains(shlex.split(job), [
       "nohup", ".venv/bin/python", "-u", "-m", "restmcts_jax.main",
-      "--distributed", "--config=configs/tiny.py", f"--workdir={_WORKDIR}", *_MAIN_FLAGS,
-      ">>", "~/restmcts_jax.log"])
+      "--distributed", "--config=configs/tiny.py", f"--workdir={_MOUNTED}",
+      *_MAIN_FLAGS, ">>", "~/restmcts_jax.log"])
 
 
-def test_run_warns_about_a_workdir_off_gcs(tpu):
-  out = tpu("run", *_SCOPE, "--workdir=runs/g24", "--dry-run")
+def test_run_reads_a_gs_workdir_as_the_mounted_bucket(tpu):
+  out = tpu("run", *_SCOPE, f"--workdir={_WORKDIR}", "--dry-run")
   assert out.returncode == 0
-  assert "--workdir is not on GCS" in out.stderr
+  assert f"--workdir={_WORKDIR} is read as {_MOUNTED}" in out.stderr
+  mounted = tpu("run", *_SCOPE, f"--workdir={_MOUNTED}", "--dry-run")
+  assert mounted.returncode == 0 and not mounted.stderr
+  assert mounted.stdout == out.stdout
+
+
+def test_run_warns_about_a_workdir_off_the_bucket(tpu):
+  out = tpu("run", *_SCOPE, "--workdir=runs/g24", "--bucket=bucket",
+            "--dry-run")
+  assert out.returncode == 0
+  assert "--workdir=runs/g24 is not in a bucket" in out.stderr
+  assert "do not share it" in out.stderr
+  assert "gcsfuse" not in out.stdout
 
 
 @pytest.mark.parametrize("worker_flags, worker", [((), "0"),
@@ -162,8 +204,9 @@ def test_stop_ends_the_job_on_every_worker(tpu):
   assert "kill" in _flag(command, "--command")
 
 
-def test_copy_from_gcs(tpu):
-  mkdir, rsync, log = _dry_run(tpu, "copy", *_SCOPE, f"--workdir={_WORKDIR}/")
+@pytest.mark.parametrize("workdir", [_WORKDIR, f"{_MOUNTED}/"])
+def test_copy_from_the_bucket(tpu, workdir):
+  mkdir, rsync, log = _dry_run(tpu, "copy", *_SCOPE, f"--workdir={workdir}")
   assert mkdir == ["mkdir", "-p", "runs/my-tpu"]
   assert rsync == ["gcloud", "storage", "rsync", "--recursive", _WORKDIR,
                    "runs/my-tpu/g24"]
@@ -204,11 +247,23 @@ def test_all_creates_sets_up_and_runs(tpu):
     (("create", *_SCOPE, "--nmae=x"), "unknown flag --nmae"),
     (("create", *_SCOPE, "--zone"), "--zone needs a value"),
     (("delete", *_SCOPE, "--", "--config.iterations=8"), "flags after --"),
+    (("setup", *_SCOPE, f"--repo={_REPO}", "--bucket=gs://mine"), "--bucket"),
+    (("run", *_SCOPE, "--workdir=s3://mine/x"), "--workdir"),
 ])
 def test_bad_input_fails_naming_the_problem(tpu, args, message):
   out = tpu("--dry-run", *args)
   assert out.returncode == 2
   assert message in out.stderr
+  assert not out.stdout and not tpu.calls
+
+
+@pytest.mark.parametrize("workdir", ["gs://other/x", "/gcs/other/x"])
+def test_a_workdir_in_another_bucket_fails_naming_both(tpu, workdir):
+  out = tpu("--dry-run", "run", *_SCOPE, f"--workdir={workdir}",
+            "--bucket=mine")
+  assert out.returncode == 2
+  assert f"--workdir={workdir} is in bucket other, not in --bucket=mine" in (
+      out.stderr)
   assert not out.stdout and not tpu.calls
 
 
@@ -224,7 +279,7 @@ def test_setup_without_repo_or_origin_fails(tpu, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ("all", f"--repo={_REPO}", f"--workdir={_WORKDIR}"),
-    ("copy", "--workdir=runs/g24"),
+    ("copy", "--workdir=runs/g24"), ("copy", f"--workdir={_WORKDIR}"),
     ("logs",), ("stop",), ("delete",),
 ])
 def test_dry_run_prints_what_a_real_run_executes(tpu, tmp_path, args):
@@ -283,22 +338,68 @@ def test_setup_script_on_a_worker_with_python_3_10(tpu, tmp_path):
                    "git -C restmcts_jax pull --ff-only", *install]
 
 
+def _mount_stubs(stubs, calls):
+  """Stand-ins for sudo and gcsfuse, which record their calls in `calls`,
+  and mountpoint, which succeeds once gcsfuse has run; `sudo apt-get install
+  ... gcsfuse` puts gcsfuse on the PATH. Returns the calls that mount
+  gs://bucket."""
+  record = f'echo "${{0##*/}} $*" >> {calls}\n'
+  _stub(stubs / "sudo", record +
+        f'[ "$1" != tee ] || cat >> {calls}\n'
+        f'case "$*" in "apt-get install "*gcsfuse) '
+        f'cp {stubs / "apt" / "gcsfuse"} {stubs};; esac\n')
+  _stub(stubs / "apt" / "gcsfuse", record + f"touch {stubs / 'mounted'}\n")
+  _stub(stubs / "mountpoint", f"[ -e {stubs / 'mounted'} ]\n")
+  return ["sudo mkdir -p /gcs/bucket",
+          f"sudo chown {os.getuid()}:{os.getgid()} /gcs/bucket",
+          "gcsfuse --implicit-dirs --rename-dir-limit=10000 bucket /gcs/bucket"]
+
+
+def test_setup_script_installs_gcsfuse_and_mounts_once(tpu, tmp_path):
+  home, stubs, calls = tmp_path / "home", tmp_path / "stubs", tmp_path / "log"
+  home.mkdir()
+  mount = _mount_stubs(stubs, calls)
+  _stub(stubs / "git", '[ "$1" != clone ] || mkdir "$3"\n')
+  _stub(stubs / "lsb_release", "echo jammy\n")
+  _stub(stubs / "pip", "")
+  _stub(stubs / "python3", 'if [ "$1" = -m ]\nthen mkdir -p "$3/bin"\n'
+        f'ln -sf {stubs / "pip"} "$3/bin/pip"\nfi\n')
+  script = _worker_script(tpu, "setup", f"--repo={_REPO}", "--bucket=bucket")
+  env = dict(HOME=str(home), PATH=f"{stubs}{os.pathsep}/usr/bin:/bin")
+  for _ in range(2):  # the second time finds gcsfuse installed and mounted
+    subprocess.run(["bash", "-c", script], cwd=home, env=env, check=True)
+  assert calls.read_text().splitlines() == [
+      "sudo tee /etc/apt/sources.list.d/gcsfuse.list",
+      "deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
+      "https://packages.cloud.google.com/apt gcsfuse-jammy main",
+      "sudo curl -fsSL -o /usr/share/keyrings/cloud.google.asc "
+      "https://packages.cloud.google.com/apt/doc/apt-key.gpg",
+      "sudo apt-get update -q",
+      "sudo apt-get install -y -q -o DPkg::Lock::Timeout=600 gcsfuse",
+      *mount,
+  ]
+
+
 def test_run_and_stop_scripts_on_a_worker(tpu, tmp_path):
-  home = tmp_path / "home"
+  home, stubs, calls = tmp_path / "home", tmp_path / "stubs", tmp_path / "calls"
   log, pid_file = home / "restmcts_jax.log", home / "restmcts_jax.pid"
   # Stands in for the venv's python: prints its argv, then waits to be killed.
   _stub(home / "restmcts_jax" / ".venv" / "bin" / "python",
         "printf '%s\\n' \"$@\"\nexec sleep 30\n")
+  mount = _mount_stubs(stubs, calls)
+  shutil.copy2(stubs / "apt" / "gcsfuse", stubs)  # installed by setup
   run = _worker_script(tpu, "run", f"--workdir={_WORKDIR}", "--",
                        *_MAIN_FLAGS)
   stop = _worker_script(tpu, "stop")
+  env = dict(os.environ, HOME=str(home),
+             PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}")
 
   def on_worker(script):
     return subprocess.run(["bash", "-c", script], cwd=home, capture_output=True,
-                          text=True, env=dict(os.environ, HOME=str(home)),
-                          check=False)
+                          text=True, env=env, check=False)
 
   assert on_worker(run).returncode == 0
+  assert calls.read_text().splitlines() == mount
   pid = int(pid_file.read_text())
   try:
     deadline = time.monotonic() + 5
@@ -308,7 +409,7 @@ def test_run_and_stop_scripts_on_a_worker(tpu, tmp_path):
     assert log.read_text().splitlines() == [
         "-u", "-m", "restmcts_jax.main", "--distributed",
         "--config=configs/game24.py",
-        f"--workdir={_WORKDIR}", *_MAIN_FLAGS]
+        f"--workdir={_MOUNTED}", *_MAIN_FLAGS]
     again = on_worker(run)
     assert again.returncode == 1
     assert "the job is running" in again.stderr
