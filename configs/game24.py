@@ -1,12 +1,15 @@
-"""Game of 24 self-training on CPU: the built-in default (~20 min on 2 cores).
+"""Game of 24 self-training on CPU: the built-in default.
 
     python -m restmcts_jax.main --config configs/game24.py --workdir runs/game24
 
-Sized from measurements: with a 300-step warm start (loss 1.6) or sampling at
-temperature 1.0, the policy's steps were too sloppy for any searched tree to
-reach 24; with 1,500 steps (loss 0.54), temperature 0.7 and b = 2 (deeper trees
-in 30 iterations), 3%, 6% and 5% of the searched puzzles were solved in the
-first three iterations and greedy test accuracy went 0% -> 1% -> 2%.
+Sized from measurements (BENCHMARKS.md): a 300-step warm start (loss 1.6) or
+sampling at temperature 1.0 left steps too sloppy for any searched tree to
+reach 24; a 1,000-step warm start at 1e-3 with training at 3e-4 solved 1 of 128
+searched puzzles and learned nothing. This setting (1,500 warm-start steps at
+3e-4, training at 5e-5, b = 2 with 30 search iterations) solved 2.3% of the
+searched puzzles in iteration 1 and MCTS* reached 2% test accuracy at 4 CoT
+samples' tokens. On 2 cores the warm start takes ~9 min and an iteration
+~4 min.
 """
 
 import ml_collections
@@ -21,7 +24,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 5
+  config.iterations = 4  # ~30 min on 2 cores
   config.question_width = 16  # tokens of a question
   config.max_depth = 4  # 3 moves + the Answer line
 
@@ -33,7 +36,7 @@ def get_config():
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   config.warmstart = ml_collections.ConfigDict(
-      dict(steps=1000, batch_size=32, learning_rate=1e-3))
+      dict(steps=1500, batch_size=32, learning_rate=3e-4))
   config.search = ml_collections.ConfigDict(dict(
       num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,
@@ -41,7 +44,7 @@ def get_config():
   config.search_questions = 128  # training questions searched per iteration
   config.search_batch = 64  # questions per batched search call
   config.train = ml_collections.ConfigDict(dict(
-      policy_steps=100, value_steps=100, batch_size=32, learning_rate=3e-4,
+      policy_steps=100, value_steps=100, batch_size=32, learning_rate=5e-5,
       traces_per_question=2, min_reward=0.0))
   # ReST-EM: solutions sampled per training question (6 x ~50 tokens: about
   # the policy tokens MCTS* spends per question).
