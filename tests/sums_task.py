@@ -33,11 +33,6 @@ def config(data):
   """`configs/tiny.py` with the overrides and the data files."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
   out = tiny.get_config()
-  for key, value in OVERRIDES.items():
-    *parents, leaf = key.split(".")
-    node = out
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  out.update_from_flattened_dict(OVERRIDES)
   out.data.train = out.data.test = str(data)
   return out

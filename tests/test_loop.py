@@ -149,12 +149,7 @@ def _config(**overrides):
   from configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.iterations = 1
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
