@@ -26,6 +26,9 @@ def get_config():
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
   config.iterations = 4  # ~30 min on 2 cores
   config.question_width = 16  # tokens of a question
+  # Training mesh: data-parallel over every device, and parameters sharded
+  # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
+  config.mesh = ml_collections.ConfigDict(dict(fsdp=1, tensor=1))
   config.max_depth = 4  # 3 moves + the Answer line
 
   config.tokenizer = ml_collections.ConfigDict(
@@ -35,8 +38,11 @@ def get_config():
       mlp_dim=768, hf_checkpoint=""))
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
-  config.warmstart = ml_collections.ConfigDict(
-      dict(steps=1500, batch_size=32, learning_rate=3e-4))
+  # Policy SFT on format-only texts; value model on D_V0, the records
+  # inferred from `value_solutions` random legal solutions per puzzle.
+  config.warmstart = ml_collections.ConfigDict(dict(
+      steps=1500, batch_size=32, learning_rate=3e-4, value_steps=400,
+      value_solutions=32))
   config.search = ml_collections.ConfigDict(dict(
       num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,

@@ -37,11 +37,18 @@ Hence `train.batch_size` 4 (16 would need about 150 GB at 1,024 tokens),
 `eval.num_test` 64 and budgets up to 4 (200 questions at 4 samples need about
 135 GB at 0.5B). For 1.5B add `--config.eval.num_test=32`.
 
-Parameters are replicated, never sharded: training is data-parallel over all
-devices (the batch sizes must be multiples of the device count), and search
-and evaluation run on one device per process. So every device holds both
-models and, while training, AdamW in f32; a 7B model (over 100 GB of them)
-needs sharded parameters, which the loop does not do yet.
+Parameters are replicated by default: training is data-parallel over all
+devices (the batch sizes must be multiples of the data-parallel size), and
+search and evaluation run on one device per process, so every device holds
+both models and, while training, AdamW in f32. Larger models shard them:
+`--config.mesh.fsdp=F --config.mesh.tensor=T` splits every parameter and its
+AdamW moments over blocks of F x T devices (embedding dimension over fsdp;
+heads, MLP and vocabulary over tensor), the batch over data x fsdp, and each
+process searches on its first block with the parameters left in place. A
+block must fit in one process (F x T divides its device count), e.g. 7B on
+one 8-GPU host: `--config.mesh.fsdp=8` (about 14 GB of f32 parameters and
+moments per device per model). These layouts are tested on 8 simulated CPU
+devices (the same metrics as replicated); no accelerator was measured.
 """
 
 from configs import game24
@@ -66,7 +73,9 @@ def get_config(checkpoint: str = ""):
   config.max_depth = 10
   config.model.hf_checkpoint = checkpoint
   config.sampler.update(temperature=0.7, top_p=0.95, max_step_len=64)
-  config.warmstart.update(steps=0, batch_size=4, learning_rate=1e-5)
+  # V_0 learns from the reference solutions (a value rising along each).
+  config.warmstart.update(steps=0, batch_size=4, learning_rate=1e-5,
+                          value_steps=200)
   config.search.update(num_iterations=40, branch=3, roll_forward_steps=1,
                        exploration=0.5, unvisited_bonus=0.9, end_gate=0.8,
                        stop_at_end_gate=False)

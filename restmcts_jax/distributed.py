@@ -1,6 +1,6 @@
 """Multi-process helpers: start-up, question shards, gathering variable-size
-host data, and moving parameters between a process's devices and a global
-data-parallel mesh.
+host data, the device mesh, and moving parameters between it and the devices
+a process searches on.
 
 One process per host (Cloud TPU VM worker, GPU node), or several on one
 machine for tests (CPU collectives over loopback). Search and evaluation run
@@ -86,9 +86,35 @@ def broadcast(value: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
-def data_parallel_mesh() -> jax.sharding.Mesh:
-  """All devices of all processes on the `data` axis."""
-  return sharding.make_mesh((jax.device_count(), 1, 1))
+def mesh(fsdp: int = 1, tensor: int = 1) -> jax.sharding.Mesh:
+  """All devices of all processes as a `(data, fsdp, tensor)` mesh.
+
+  Parameters are sharded over `fsdp` x `tensor` blocks of devices that each
+  lie within one process, so every process holds a whole copy of them (and
+  can search its own questions); `data` spans the rest.
+
+  Raises:
+    ValueError: naming `config.mesh` if a block does not fit a process.
+  """
+  local = jax.local_device_count()
+  if fsdp < 1 or tensor < 1 or local % (fsdp * tensor):
+    raise ValueError(
+        f"config.mesh.fsdp={fsdp} x config.mesh.tensor={tensor} must divide "
+        f"the {local} devices of each process")
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  grid = np.array(devices).reshape(-1, fsdp, tensor)
+  return jax.sharding.Mesh(grid, sharding.MESH_AXES, axis_types=(
+      jax.sharding.AxisType.Auto,) * len(sharding.MESH_AXES))
+
+
+def search_mesh(global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """This process's first `fsdp` x `tensor` block of `global_mesh` (the
+  devices its search and evaluation run on), as a mesh with `data` = 1."""
+  first = next(i for i, block in enumerate(global_mesh.devices)
+               if block.flat[0].process_index == jax.process_index())
+  return jax.sharding.Mesh(global_mesh.devices[first:first + 1],
+                           global_mesh.axis_names,
+                           axis_types=global_mesh.axis_types)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -98,21 +124,27 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 def to_global(tree, shardings):
   """Host or process-local arrays -> global arrays with `shardings` (a tree
   of shardings matching `tree`, or one for all). Every process must pass the
-  same values."""
+  same values. Arrays already laid out as asked are kept as they are."""
   if isinstance(shardings, jax.sharding.Sharding):
     shardings = jax.tree.map(lambda _: shardings, tree)
 
   def put(x, s):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
+      return x
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
   return jax.tree.map(put, tree, shardings)
 
 
-def to_local(tree):
-  """Replicated arrays -> this process's copy on its first device (search
-  and evaluation run there, process-locally)."""
-  def local(x):
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-      return x.addressable_data(0)
-    return x
-  return jax.tree.map(local, tree)
+def to_search(tree, mesh: jax.sharding.Mesh):
+  """Global arrays on a `mesh(...)` -> this process's whole copy on its
+  `search_mesh`: each of those devices already holds its shard, so nothing
+  moves."""
+  local = search_mesh(mesh)
+
+  def put(x):
+    target = NamedSharding(local, x.sharding.spec)
+    shards = {s.device: s.data for s in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(
+        x.shape, target, [shards[d] for d in local.devices.flat])
+  return jax.tree.map(put, tree)

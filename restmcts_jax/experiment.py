@@ -35,7 +35,10 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 # Keys that may change between runs in one workdir (more iterations, another
 # evaluation); any other difference would mix incompatible results.
-RESUMABLE_KEYS = ("iterations", "eval", "progress", "trees_per_iteration")
+# A run may continue with more iterations, other evaluation settings, or on
+# another device layout (checkpoints restore onto any mesh).
+RESUMABLE_KEYS = ("iterations", "eval", "progress", "trees_per_iteration",
+                  "mesh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,9 @@ class Data:
   train: tuple[registry.Problem, ...]
   test: tuple[registry.Problem, ...]
   warmstart: tuple[tuple[str, str], ...]  # (prompt, prompt + solution)
+  # Per training problem, whole solutions (text after the question) that the
+  # initial value model's records `D_V0` are inferred from.
+  value_warmstart: tuple[tuple[str, ...], ...]
 
 
 def load_data(config) -> Data:
@@ -52,7 +58,11 @@ def load_data(config) -> Data:
   `config.eval.split="validation"` evaluates on the validation puzzles, the
   ones to tune on) and format-only warm-start texts. Other tasks:
   `config.data.train` / `config.data.test` files, warm-started on the
-  training references."""
+  training references.
+
+  The value warm start (`D_V0`) sees, per training problem, random legal
+  solutions (`config.warmstart.value_solutions` per Game of 24 puzzle; the
+  oracle labels them) or the reference solution."""
   task = registry.get_task(config.task)
   if config.task == "game24":
     splits = game24.splits(seed=config.seed)
@@ -67,8 +77,10 @@ def load_data(config) -> Data:
     held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
     # A format-only text's first line is its question.
     pairs = tuple((t.split("\n")[0] + "\n", t) for t in warmstart)
+    samples = game24.random_solutions(
+        splits.train, config.warmstart.value_solutions, seed=config.seed)
     return Data(tuple(map(to_problem, splits.train)),
-                tuple(map(to_problem, held_out)), pairs)
+                tuple(map(to_problem, held_out)), pairs, tuple(samples))
   if config.eval.split != "test":
     raise ValueError(f"config.eval.split={config.eval.split!r}: task "
                      f"{config.task!r} evaluates on config.data.test; point "
@@ -81,7 +93,9 @@ def load_data(config) -> Data:
   test = tuple(task.load(config.data.test))[:config.eval.num_test]
   warmstart = tuple((p.question, p.question + "\n".join(p.steps) + "\n")
                     for p in train if p.steps)
-  return Data(train, test, warmstart)
+  references = tuple(("\n".join(p.steps) + "\n",) if p.steps else ()
+                     for p in train)
+  return Data(train, test, warmstart, references)
 
 
 def check_workdir(workdir) -> None:

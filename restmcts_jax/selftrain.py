@@ -19,10 +19,12 @@ the value model decide and the verifier grades.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -37,6 +39,7 @@ from restmcts_jax import distributed
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import plots
+from restmcts_jax.rewards import initial_values
 from restmcts_jax.rewards import traces as traces_lib
 from restmcts_jax.rewards import value_targets
 from restmcts_jax.search import mcts_star
@@ -255,12 +258,14 @@ class _Loop:
     self.workdir = workdir
     self.task = registry.get_task(config.task)
     self.data = experiment.load_data(config)
+    self.mesh = distributed.mesh(config.mesh.fsdp, config.mesh.tensor)
+    batch_split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     for key in ("warmstart.batch_size", "train.batch_size"):
-      if config[key.split(".")[0]].batch_size % jax.device_count():
+      if config[key.split(".")[0]].batch_size % batch_split:
         raise ValueError(
             f"config.{key}={config[key.split('.')[0]].batch_size} is not a "
-            f"multiple of the {jax.device_count()} devices training is "
-            "data-parallel over")
+            f"multiple of {batch_split}, the data x fsdp devices a batch is "
+            "split over")
     if distributed.is_main():  # trains the tokenizer if the workdir has none
       experiment.tokenizer_for(config, workdir, self.data)
     distributed.barrier("tokenizer")
@@ -280,7 +285,14 @@ class _Loop:
     policy, value_model = experiment.models_for(config, self.tokenizer)
     self.policy_graph, policy_params = nnx.split(policy)
     self.value_graph, value_params = nnx.split(value_model)
-    self.initial_state = dict(policy=policy_params, value=value_params)
+    # Parameters live on the mesh as global arrays, sharded by their logical
+    # axes (replicated when fsdp = tensor = 1).
+    with self.rules():
+      self.shardings = dict(
+          policy=nnx.get_named_sharding(policy_params, self.mesh),
+          value=nnx.get_named_sharding(value_params, self.mesh))
+    self.initial_state = distributed.to_global(
+        dict(policy=policy_params, value=value_params), self.shardings)
     self.sampler_config = experiment.sampler_config_for(config,
                                                         self.tokenizer)
     self.search_config = experiment.search_config_for(config)
@@ -288,7 +300,18 @@ class _Loop:
     self.eval_methods = experiment.parse_methods(config.eval.methods)
     self.eval_budgets = experiment.parse_budgets(config.eval.budgets)
     self.outputs = Outputs(workdir, enabled=distributed.is_main())
-    self.mesh = distributed.data_parallel_mesh()
+
+  def rules(self):
+    """The logical-axis rules of the `(data, fsdp, tensor)` mesh."""
+    return nnx.logical_axis_rules(sharding.complete_rules(
+        sharding.DEFAULT_RULES))
+
+  def models(self, state):
+    """`(policy, value_model)` on this process's search devices."""
+    return (nnx.merge(self.policy_graph,
+                      distributed.to_search(state["policy"], self.mesh)),
+            nnx.merge(self.value_graph,
+                      distributed.to_search(state["value"], self.mesh)))
 
   def _bar(self, total, desc):
     return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
@@ -308,12 +331,12 @@ class _Loop:
     tx = optim.make_optimizer(optim.OptimizerConfig(
         learning_rate=learning_rate, warmup_steps=min(10, num_steps),
         total_steps=max(num_steps, 1)))
-    with nnx.logical_axis_rules(sharding.complete_rules(
-        (("batch", "data"),))):  # parameters replicated, batch split
+    with self.rules():  # parameters as laid out, batch over data x fsdp
       state = training_steps.init_state(params, tx)
       shardings = (training_steps.state_shardings(state, tx, self.mesh),
                    training_steps.batch_shardings(batches[0], self.mesh))
-      batches = [distributed.to_global(b, shardings[1]) for b in batches]
+      batches = [distributed.to_global(b, shardings[1])
+                 for b in batches[:num_steps]]  # only those the steps use
     state = distributed.to_global(state, shardings[0])
     step = training_steps.make_train_step(graph, loss_fn, tx,
                                           shardings=shardings)
@@ -329,12 +352,31 @@ class _Loop:
               f"{self.workdir / 'checkpoints'} is intact")
         bar.update()
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    params = distributed.to_local(state.params)
-    return params, float(np.mean(losses)) if losses else float("nan")
+    return state.params, float(np.mean(losses)) if losses else float("nan")
 
   # -- phases: (state, buffers, meta, iteration) -> (state, buffers) -----------
 
+  @functools.cached_property
+  def initial_value_records(self) -> tuple[list[list[int]], list[float]]:
+    """`D_V0`: value records inferred from the warm-start solutions (the same
+    every time: the data is regenerated from the seed, not checkpointed)."""
+    config = self.config
+    start = time.perf_counter()
+    rows, targets = initial_values.solution_records(
+        [p.question for p in self.data.train], self.data.value_warmstart,
+        [p.reference for p in self.data.train],
+        encode=self.tokenizer.encode, decode=self.tokenizer.decode,
+        is_correct=self.task.is_correct,
+        delimiter_ids=self.tokenizer.step_delimiter_ids(),
+        question_width=config.question_width,
+        max_step_len=config.sampler.max_step_len, max_depth=config.max_depth)
+    logging.info("D_V0: %d value records in %.1f s", len(rows),
+                 time.perf_counter() - start)
+    return rows, targets
+
   def warmstart(self, state, buffers, meta, iteration):
+    """SFT of the policy on D_0; the value model on `D_V0` (Algorithm 1,
+    line 1)."""
     del iteration
     c = self.config.warmstart
     examples = [(self.tokenizer.encode(text),
@@ -348,6 +390,18 @@ class _Loop:
           batches, c.steps, c.learning_rate, "warm start")
       logging.info("warm start: %d SFT steps, loss %.3f", c.steps, loss)
       meta["current"]["warmstart_loss"] = loss
+    rows, targets = self.initial_value_records
+    if c.value_steps and rows:
+      batches = list(batching.value_batches(rows, np.asarray(targets),
+                                            c.batch_size,
+                                            seed=self.config.seed))
+      state["value"], loss = self._train(
+          self.value_graph, state["value"], training_steps.value_loss,
+          batches, c.value_steps, c.learning_rate, "value warm start")
+      logging.info("value warm start: %d steps on %d records, loss %.4f",
+                   c.value_steps, len(rows), loss)
+      meta["current"].update(warmstart_value_loss=loss,
+                             initial_value_records=len(rows))
     return state, buffers
 
   def collect(self, state, buffers, meta, iteration):
@@ -359,9 +413,7 @@ class _Loop:
                                   len(self.data.train)), replace=False)
     problems = [self.data.train[i] for i in picks]
     mine = distributed.shard(len(problems))
-    policy = nnx.merge(self.policy_graph, state["policy"])
-    value_model = nnx.merge(self.value_graph, state["value"])
-    graphdef, search_state = nnx.split((policy, value_model))
+    graphdef, search_state = nnx.split(self.models(state))
     base_key = jax.random.fold_in(jax.random.key(config.seed), iteration)
     solved = tokens_used = 0
     value_rows, value_targets, traces = [], [], []
@@ -450,8 +502,11 @@ class _Loop:
         1 << 30))
     value_loss = policy_loss = None
     if self.config.mode == "rest_mcts" and buffers.value_rows:
+      # D_V_i with the earlier data, D_V0 included.
+      rows, targets = self.initial_value_records
       batches = list(batching.value_batches(
-          buffers.value_rows, np.asarray(buffers.value_targets), c.batch_size,
+          rows + buffers.value_rows,
+          np.asarray(targets + buffers.value_targets), c.batch_size,
           seed=seed))
       state["value"], value_loss = self._train(
           self.value_graph, state["value"], training_steps.value_loss,
@@ -470,8 +525,7 @@ class _Loop:
 
   def eval(self, state, buffers, meta, iteration):
     config = self.config
-    models = (nnx.merge(self.policy_graph, state["policy"]),
-              nnx.merge(self.value_graph, state["value"]))
+    models = self.models(state)
     final = iteration == config.iterations
     budgets = sorted(set(self.eval_budgets) if final
                      else {config.eval.budget})
@@ -522,10 +576,8 @@ def run(config, workdir) -> list[dict]:
   latest = checkpoints.latest_step()
   latest = distributed.broadcast(-1 if latest is None else latest)
   if latest >= 0:
-    replicated = distributed.replicated(loop.mesh)
-    state, arrays, meta = checkpoints.restore(checkpoint.abstract_like(
-        state, jax.tree.map(lambda _: replicated, state)), step=latest)
-    state = distributed.to_local(state)
+    state, arrays, meta = checkpoints.restore(
+        checkpoint.abstract_like(state, loop.shardings), step=latest)
     buffers = Buffers.from_arrays(arrays)
     name, iteration = phases[meta["phase"]] if meta["phase"] < len(
         phases) else ("end", config.iterations)
@@ -539,12 +591,8 @@ def run(config, workdir) -> list[dict]:
         rows_before = len(meta["metrics"])
         state, buffers = getattr(loop, name)(state, buffers, meta, iteration)
         meta["phase"] = index
-        # Saved as global arrays: with several processes, orbax writes each
-        # replicated parameter once.
-        checkpoints.save(
-            index, distributed.to_global(state,
-                                         distributed.replicated(loop.mesh)),
-            buffers.to_arrays(), meta)
+        # Global arrays: orbax writes each shard once, from its process.
+        checkpoints.save(index, state, buffers.to_arrays(), meta)
         new_row = (meta["metrics"][-1] if len(meta["metrics"]) > rows_before
                    else None)
         loop.outputs.publish(meta, new_row)

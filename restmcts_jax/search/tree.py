@@ -7,6 +7,8 @@ Shapes are fixed, so one compiled program serves every question of the batch.
 Functions here are written for the whole batch; per-tree logic is `vmap`ped.
 """
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -197,6 +199,78 @@ def add_children(
   """
   return jax.vmap(_add_children_one)(
       tree, node, tokens, lengths, values, final, valid)
+
+
+def from_paths(
+    question_tokens: np.ndarray,
+    question_len: np.ndarray,
+    paths: Sequence[Sequence[Sequence[Sequence[int]]]],
+    *,
+    max_step_len: int,
+) -> tuple[Tree, list[list[int]]]:
+  """B trees holding given solutions (host side, for data, not search).
+
+  Paths sharing their first k steps share the first k nodes (a trie), so the
+  trees look like search trees over the same solutions. The last step of each
+  path is marked final; N and K are the largest node and child counts.
+
+  Args:
+    question_tokens: `[B, Q]` question tokens, 0-padded.
+    question_len: `[B]`.
+    paths: per tree, its solutions; a solution is a sequence of steps, a step
+      a sequence of at most `max_step_len` token ids.
+    max_step_len: S.
+
+  Returns:
+    The trees, and per tree the node index where each path ends.
+  """
+  nodes = []  # per tree: {steps so far (tuple of tuples): node index}
+  for tree_paths in paths:
+    index = {(): ROOT_INDEX}
+    for path in tree_paths:
+      for k in range(1, len(path) + 1):
+        index.setdefault(tuple(map(tuple, path[:k])), len(index))
+    nodes.append(index)
+  b, n = len(paths), max(map(len, nodes))
+  kids = [[0] * len(index) for index in nodes]
+  for tree_kids, index in zip(kids, nodes):
+    for key in index:
+      if key:
+        tree_kids[index[key[:-1]]] += 1
+  k = max(1, max(max(c) for c in kids))
+  parent = np.full((b, n), NO_PARENT, np.int32)
+  depth = np.zeros((b, n), np.int32)
+  children = np.full((b, n, k), NO_CHILD, np.int32)
+  step_tokens = np.zeros((b, n, max_step_len), np.int32)
+  step_len = np.zeros((b, n), np.int32)
+  final = np.zeros((b, n), bool)
+  ends = [[index[tuple(map(tuple, path))] for path in tree_paths]
+          for index, tree_paths in zip(nodes, paths)]
+  for t, index in enumerate(nodes):
+    filled = np.zeros(n, np.int32)
+    for key, i in index.items():
+      if not key:
+        continue
+      p = index[key[:-1]]
+      parent[t, i], depth[t, i] = p, len(key)
+      children[t, p, filled[p]] = i
+      filled[p] += 1
+      if len(key[-1]) > max_step_len:
+        raise ValueError(f"tree {t}: a step has {len(key[-1])} tokens, more "
+                         f"than max_step_len={max_step_len}")
+      step_tokens[t, i, :len(key[-1])] = key[-1]
+      step_len[t, i] = len(key[-1])
+    final[t, ends[t]] = True
+  final[:, ROOT_INDEX] = False  # an empty path ends at the root
+  tree = Tree(
+      parent=parent, depth=depth, children=children, step_tokens=step_tokens,
+      step_len=step_len, visits=np.zeros((b, n), np.int32),
+      value=np.zeros((b, n), np.float32),
+      prior_value=np.zeros((b, n), np.float32), final=final,
+      num_nodes=np.array([len(index) for index in nodes], np.int32),
+      question_tokens=np.asarray(question_tokens, np.int32),
+      question_len=np.asarray(question_len, np.int32))
+  return tree, ends
 
 
 def _root_path(t: Tree, node: Array, max_depth: int) -> Array:

@@ -268,9 +268,30 @@ def solve(numbers: Sequence[int]) -> list[str] | None:
   return search([(n, str(n)) for n in numbers])
 
 
+def random_solution(numbers: Sequence[int], rng: random.Random) -> list[str]:
+  """Three random legal steps and the `Answer:` line of the expression they
+  built, with its true value (rarely 24): what a policy that knows the
+  syntax but not how to win writes."""
+  state = [(n, str(n)) for n in numbers]
+  steps = []
+  while len(state) > 1:
+    moves = [m for m in _moves(state) if m[0][3] >= 0]
+    (a, op, b, c), state = rng.choice(moves)
+    steps.append(_step_line(a, op, b, c, state))
+  value, expression = state[0]
+  return steps + [_answer_line(expression, value)]
+
+
+def _check_not_test(puzzles: Sequence[Puzzle]) -> None:
+  leaked = {p.numbers for p in puzzles} & _test_numbers()
+  if leaked:
+    raise ValueError(f"test puzzles in the warm-start puzzles: "
+                     f"{sorted(leaked)}")
+
+
 def warmstart_corpus(puzzles: Iterable[Puzzle], num_examples: int,
                      seed: int) -> list[str]:
-  """Format-only texts: question + three random legal steps + `Answer:` line.
+  """Format-only texts: question + `random_solution` of random puzzles.
 
   Every step is a legal move with a non-negative integer result; the answer is
   the expression the moves built, with its true value, which is rarely 24.
@@ -280,24 +301,28 @@ def warmstart_corpus(puzzles: Iterable[Puzzle], num_examples: int,
     ValueError: if a puzzle is one of the test puzzles.
   """
   puzzles = list(puzzles)
-  leaked = {p.numbers for p in puzzles} & _test_numbers()
-  if leaked:
-    raise ValueError(f"test puzzles in the warm-start puzzles: "
-                     f"{sorted(leaked)}")
+  _check_not_test(puzzles)
   rng = random.Random(seed)
   texts = []
   for _ in range(num_examples):
     numbers = rng.choice(puzzles).numbers
-    state = [(n, str(n)) for n in numbers]
-    steps = []
-    while len(state) > 1:
-      moves = [m for m in _moves(state) if m[0][3] >= 0]
-      (a, op, b, c), state = rng.choice(moves)
-      steps.append(_step_line(a, op, b, c, state))
-    value, expression = state[0]
-    texts.append(format_text(numbers, steps + [_answer_line(expression,
-                                                            value)]))
+    texts.append(format_text(numbers, random_solution(numbers, rng)))
   return texts
+
+
+def random_solutions(puzzles: Sequence[Puzzle], per_puzzle: int,
+                     seed: int) -> list[tuple[str, ...]]:
+  """`per_puzzle` `random_solution` texts (steps after the question) of each
+  puzzle: the warm-start samples the initial value model learns from.
+
+  Raises:
+    ValueError: if a puzzle is one of the test puzzles.
+  """
+  _check_not_test(puzzles)
+  rng = random.Random(seed)
+  return [tuple("".join(line + "\n" for line in random_solution(p.numbers,
+                                                                 rng))
+                for _ in range(per_puzzle)) for p in puzzles]
 
 
 # Checking model output.
