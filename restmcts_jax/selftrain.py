@@ -390,6 +390,9 @@ class _Loop:
           batches, c.steps, c.learning_rate, "warm start")
       logging.info("warm start: %d SFT steps, loss %.3f", c.steps, loss)
       meta["current"]["warmstart_loss"] = loss
+      # The process reward model starts from the policy's weights: now the
+      # warm-started ones (copies: each train step donates its parameters).
+      state["value"]["backbone"] = jax.tree.map(jnp.copy, state["policy"])
     rows, targets = self.initial_value_records
     if c.value_steps and rows:
       batches = list(batching.value_batches(rows, np.asarray(targets),
@@ -496,6 +499,22 @@ class _Loop:
       solved += bool(kept)
     return traces, solved, int(np.sum(out.policy_tokens))
 
+  def _policy_examples(self, traces, seed: int) -> list[tuple[list[int], int]]:
+    """D_G's traces, repeated, and warm-start examples making `train.replay`
+    of the `policy_steps x batch_size` examples of policy SFT: a few verified
+    traces alone are memorized, and the policy unlearns the legal moves of
+    D_0 around them (it starts to claim 24 with wrong arithmetic)."""
+    c = self.config.train
+    total = c.policy_steps * c.batch_size
+    count = round(c.replay * total) if self.data.warmstart else 0
+    picks = np.random.default_rng(seed).choice(len(self.data.warmstart),
+                                               count)
+    replay = [(self.tokenizer.encode(self.data.warmstart[i][1]),
+               len(self.tokenizer.encode(self.data.warmstart[i][0])))
+              for i in picks]
+    repeats = -(-(total - count) // len(traces))  # ceil
+    return (traces * repeats)[:total - count] + replay
+
   def train(self, state, buffers, meta, iteration):
     c = self.config.train
     seed = int(np.random.default_rng([self.config.seed, iteration]).integers(
@@ -513,8 +532,9 @@ class _Loop:
           batches, c.value_steps, c.learning_rate,
           f"value training, iteration {iteration}")
     if buffers.traces:
-      batches = list(batching.sft_batches(buffers.traces, c.batch_size,
-                                          seed=seed + 1))
+      batches = list(batching.sft_batches(
+          self._policy_examples(buffers.traces, seed), c.batch_size,
+          seed=seed + 1))
       state["policy"], policy_loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
           batches, c.policy_steps, c.learning_rate,

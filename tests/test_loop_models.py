@@ -1,10 +1,12 @@
-"""The loop with parameters sharded over fsdp x tensor (8 simulated devices):
-really sharded while training, searched with in place, and the same run as
-with replicated parameters."""
+"""The loop's two models: parameters sharded over fsdp x tensor (8 simulated
+devices) while training and searched with in place, the same run as with
+replicated parameters; the value model starting from the warm-started policy;
+the policy's SFT mix of verified traces and warm-start examples."""
 
 import math
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -73,3 +75,43 @@ def test_batch_not_split_evenly_names_the_key(tmp_path):
   config.train.batch_size = 6
   with pytest.raises(ValueError, match=r"config.train.batch_size=6 .* of 4"):
     selftrain.run(config, tmp_path / "run")
+
+
+def _loop(tmp_path, config):
+  (tmp_path / "run").mkdir()
+  return selftrain._Loop(config, tmp_path / "run",
+                         checkpoint.Checkpointer(tmp_path / "ckpt"))
+
+
+def test_value_model_starts_from_the_warm_started_policy(tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.warmstart.update(steps=3, value_steps=0)
+  loop = _loop(tmp_path, config)
+  meta = dict(current={}, metrics=[], evaluations=[])
+  start = jax.device_get(jax.tree.leaves(loop.initial_state["policy"]))
+  state, _ = loop.warmstart(loop.initial_state, selftrain.Buffers(), meta, 0)
+  policy = jax.tree.leaves(state["policy"])
+  backbone = jax.tree.leaves(state["value"]["backbone"])
+  assert all(np.array_equal(a, b) for a, b in zip(policy, backbone))
+  assert not all(np.array_equal(a, b) for a, b in zip(policy, start))
+  # Own buffers: training one model must not touch the other.
+  pointer = lambda x: x.addressable_shards[0].data.unsafe_buffer_pointer()
+  assert all(pointer(a) != pointer(b) for a, b in zip(policy, backbone))
+
+
+@pytest.mark.parametrize("replay", [0.0, 0.25])
+def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.update(policy_steps=5, batch_size=8, replay=replay)
+  loop = _loop(tmp_path, config)
+  traces = [([7, 8, 9], 1), ([7, 9], 1), ([8, 8, 8, 8], 2)]
+  examples = loop._policy_examples(traces, seed=0)
+  assert len(examples) == 40
+  from_traces = [e for e in examples if e in traces]
+  assert len(from_traces) == 40 - round(replay * 40)
+  for trace in traces:  # each trace about equally often
+    assert abs(from_traces.count(trace) - len(from_traces) / 3) <= 1
+  warm = {(tuple(loop.tokenizer.encode(text)),
+           len(loop.tokenizer.encode(prompt)))
+          for prompt, text in loop.data.warmstart}
+  assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
