@@ -24,8 +24,8 @@ Memory, estimated (XLA:CPU compile-time buffer sizes of the loop's jitted
 calls at Qwen2.5's shapes, not measured on an accelerator). Parameters and
 activations are f32; the policy and the value model (a copy of it) are 2 GB
 each at 0.5B, 6 GB each at 1.5B. Attention probabilities are materialized, so
-activations grow with the square of the padded length, and evaluation runs
-all `eval.num_test` questions (times the samples per question) in one batch:
+activations grow with the square of the padded length; the evaluation rows
+are for 64 questions (times the samples per question) in one call:
 
                                                   0.5B      1.5B
   collect: 32 questions, 40 MCTS* iterations      22 GB     53 GB
@@ -33,9 +33,11 @@ all `eval.num_test` questions (times the samples per question) in one batch:
   eval, 64 questions: SC/BoN/ToT at 4 samples     46 GB     67 GB
                       MCTS*, 64 iterations        54 GB    128 GB
 
-Hence `train.batch_size` 4 (16 would need about 150 GB at 1,024 tokens),
-`eval.num_test` 64 and budgets up to 4 (200 questions at 4 samples need about
-135 GB at 0.5B). For 1.5B add `--config.eval.num_test=32`.
+Hence `train.batch_size` 4 (16 would need about 150 GB at 1,024 tokens) and
+budgets up to 4. Evaluation runs `eval.batch_size` = 16 questions per call
+(the last call padded), so a larger `eval.num_test` costs time, not memory;
+activation memory shrinks with the batch (16-question calls were not
+re-measured).
 
 Parameters are replicated by default: training is data-parallel over all
 devices (the batch sizes must be multiples of the data-parallel size), and
@@ -84,5 +86,5 @@ def get_config(checkpoint: str = ""):
   config.train.update(policy_steps=200, value_steps=200, batch_size=4,
                       learning_rate=1e-5)
   config.eval.update(num_test=64, methods="greedy,sc,bon,tot,mcts", budget=4,
-                     budgets="1,2,4", mcts_iterations=64)
+                     budgets="1,2,4", mcts_iterations=64, batch_size=16)
   return config

@@ -86,6 +86,8 @@ class EvalContext:
     max_depth: steps per solution.
     question_width: tokens of a question row.
     tot_branch: b, samples per beam entry and step in ToT-BFS.
+    batch_size: problems per batched call (0: all at once); the last batch
+      is padded, so every batch reuses one compiled program.
   """
 
   tokenizer: Tokenizer
@@ -95,6 +97,7 @@ class EvalContext:
   max_depth: int
   question_width: int
   tot_branch: int = 2
+  batch_size: int = 0
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], width: int
@@ -290,13 +293,26 @@ def evaluate(models, context: EvalContext,
     raise ValueError(f"unknown evaluation methods {unknown}; known: {METHODS}")
   key = jax.random.key(seed)
 
+  everyone = list(range(len(problems)) if indices is None else indices)
+  step = context.batch_size or max(len(problems), 1)
+
   def run(method, samples, run_key, length):
-    result, search = run_method(method, samples, models, context, problems,
-                                run_key, greedy_tokens=length,
-                                indices=indices)
+    parts, search = [], None
+    for lo in range(0, len(problems), step):
+      chunk = list(range(lo, min(lo + step, len(problems))))
+      padded = chunk + chunk[:1] * (step - len(chunk))
+      result, tree = run_method(
+          method, samples, models, context, [problems[i] for i in padded],
+          run_key, greedy_tokens=length,
+          indices=[everyone[i] for i in padded])
+      parts.append(dict(solutions=result.solutions[:len(chunk)], **{
+          k: v[:len(chunk)] for k, v in result.per_problem.items()}))
+      search = tree if search is None else search  # the first batch's trees
+    per_problem = {k: np.concatenate([p[k] for p in parts])
+                   for k in parts[0] if k != "solutions"}
+    solutions = [t for p in parts for t in p["solutions"]]
     return MethodResult.from_problems(
-        method, result.samples, gather(result.per_problem),
-        result.solutions), search
+        method, result.samples, gather(per_problem), solutions), search
 
   def method_key(method, samples):
     return jax.random.fold_in(

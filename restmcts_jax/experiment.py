@@ -238,7 +238,8 @@ def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
           stop_at_end_gate=True, gate_requires_final=True,
           prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
-      tot_branch=config.eval.tot_branch)
+      tot_branch=config.eval.tot_branch,
+      batch_size=config.eval.get("batch_size", 0))
 
 
 def parse_methods(text: str, key: str = "eval.methods") -> tuple[str, ...]:

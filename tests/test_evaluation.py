@@ -248,7 +248,7 @@ def test_mcts_starts_no_iteration_past_its_token_budget(untrained, context,
 @pytest.mark.parametrize("greedy_policy_tokens,length", [(5.0, 5.0),
                                                          (0.0, 1.0)])
 def test_evaluate_runs_greedy_once_then_each_method_at_each_budget(
-    monkeypatch, greedy_policy_tokens, length):
+    monkeypatch, context, greedy_policy_tokens, length):
   calls, shown = [], []
 
   def fake_run(method, samples, models, context, problems, key, *,
@@ -264,7 +264,8 @@ def test_evaluate_runs_greedy_once_then_each_method_at_each_budget(
 
   monkeypatch.setattr(evaluation, "run_method", fake_run)
   results, search = evaluation.evaluate(
-      None, None, PROBLEMS, methods=("sc", "greedy", "mcts"), budgets=(4, 1),
+      None, context, PROBLEMS, methods=("sc", "greedy", "mcts"),
+      budgets=(4, 1),
       progress=lambda method, samples: shown.append((method, samples)))
   order = [("sc", 1), ("sc", 4), ("greedy", 1), ("mcts", 1), ("mcts", 4)]
   assert [(r.method, r.samples) for r in results] == order
@@ -303,3 +304,21 @@ def test_a_problems_solution_does_not_depend_on_the_others(untrained,
   second, _ = _run("sc", untrained, context, greedy_tokens,
                    problems=PROBLEMS[:2] + [other])
   assert first.solutions[:2] == second.solutions[:2]
+
+
+def test_evaluating_in_batches_gives_the_same_results(memorized, untrained,
+                                                      context):
+  """Batches of 2 (the last one padded) against all problems at once, for
+  every method: each problem draws from its own key."""
+  problems = PROBLEMS + [registry.Problem(game24.question_text(p), p)
+                         for p in ((1, 1, 4, 6), (2, 3, 4, 6))]
+  assert len(problems) % 2
+  for models in (memorized[:2], untrained):
+    whole, _ = evaluation.evaluate(models, context, problems,
+                                   methods=evaluation.METHODS, budgets=[BUDGET])
+    batched, _ = evaluation.evaluate(
+        models, dataclasses.replace(context, batch_size=2), problems,
+        methods=evaluation.METHODS, budgets=[BUDGET])
+    for a, b in zip(whole, batched):
+      assert a.row() == b.row() and a.solutions == b.solutions, a.method
+      assert len(b.solutions) == len(problems)
