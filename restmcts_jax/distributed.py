@@ -13,7 +13,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec
 
 from restmcts_jax.training import sharding
 
@@ -115,10 +114,6 @@ def search_mesh(global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(global_mesh.devices[first:first + 1],
                            global_mesh.axis_names,
                            axis_types=global_mesh.axis_types)
-
-
-def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
 
 
 def to_global(tree, shardings):

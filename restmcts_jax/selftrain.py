@@ -357,6 +357,13 @@ class _Loop:
   # -- phases: (state, buffers, meta, iteration) -> (state, buffers) -----------
 
   @functools.cached_property
+  def warmstart_examples(self) -> list[tuple[list[int], int]]:
+    """D_0 as SFT examples `(prompt + solution ids, prompt length)`: the warm
+    start trains on them, and policy SFT replays some."""
+    return [(self.tokenizer.encode(text), len(self.tokenizer.encode(prompt)))
+            for prompt, text in self.data.warmstart]
+
+  @functools.cached_property
   def initial_value_records(self) -> tuple[list[list[int]], list[float]]:
     """`D_V0`: value records inferred from the warm-start solutions (the same
     every time: the data is regenerated from the seed, not checkpointed)."""
@@ -379,11 +386,9 @@ class _Loop:
     line 1)."""
     del iteration
     c = self.config.warmstart
-    examples = [(self.tokenizer.encode(text),
-                 len(self.tokenizer.encode(prompt)))
-                for prompt, text in self.data.warmstart]
-    if c.steps and examples:
-      batches = list(batching.sft_batches(examples, c.batch_size,
+    if c.steps and self.warmstart_examples:
+      batches = list(batching.sft_batches(self.warmstart_examples,
+                                          c.batch_size,
                                           seed=self.config.seed))
       state["policy"], loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
@@ -506,12 +511,10 @@ class _Loop:
     D_0 around them (it starts to claim 24 with wrong arithmetic)."""
     c = self.config.train
     total = c.policy_steps * c.batch_size
-    count = round(c.replay * total) if self.data.warmstart else 0
-    picks = np.random.default_rng(seed).choice(len(self.data.warmstart),
-                                               count)
-    replay = [(self.tokenizer.encode(self.data.warmstart[i][1]),
-               len(self.tokenizer.encode(self.data.warmstart[i][0])))
-              for i in picks]
+    warm = self.warmstart_examples
+    count = round(c.replay * total) if warm else 0
+    picks = np.random.default_rng(seed).choice(len(warm), count)
+    replay = [warm[i] for i in picks]
     repeats = -(-(total - count) // len(traces))  # ceil
     return (traces * repeats)[:total - count] + replay
 
