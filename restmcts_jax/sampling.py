@@ -131,22 +131,19 @@ def prefill(
     model: transformer_lib.Transformer,
     prefix: Array,
     prefix_lengths: Array,
-    cache_length: int,
 ) -> tuple[Array, Array, transformer_lib.KVCache]:
-  """Encodes right-padded prefixes into a fresh cache.
+  """Encodes right-padded prefixes into a fresh cache `[B, K, P, D]`.
 
   Args:
     model: the policy LM.
     prefix: `[B, P]` token ids, right-padded.
     prefix_lengths: `[B]` real lengths, each >= 1.
-    cache_length: cache slots (>= P plus the tokens to decode).
 
   Returns:
     `(logits [B, V], hidden [B, E])` at each row's last real token, and the
     cache.
   """
-  batch = prefix.shape[0]
-  cache = transformer_lib.KVCache.zeros(model.config, batch, cache_length)
+  cache = transformer_lib.KVCache.zeros(model.config, *prefix.shape)
   positions = transformer_lib.default_positions(prefix)
   hidden, cache = model.hidden(prefix, positions, cache)
   last = transformer_lib.last_token_hidden(hidden, prefix_lengths)
@@ -170,8 +167,8 @@ def sample_step_with_model(
 ) -> tuple[StepSamples, transformer_lib.KVCache]:
   """Samples `num_samples` steps per prefix (un-jitted; see `sample_step`).
 
-  Each prefix is prefilled once and its cache tiled over its samples: the
-  prefix usually costs more than the short step that follows it.
+  Each prefix is prefilled once and shared by its samples: the prefix usually
+  costs more than the short step that follows it.
 
   Args:
     model: the policy LM.
@@ -183,12 +180,10 @@ def sample_step_with_model(
       sample `j` of prefix `i`.
 
   Returns:
-    The samples (`B * num_samples` rows) and the KV cache holding prefix +
-    step (slot = position).
+    The samples (`B * num_samples` rows) and the steps' own keys/values (see
+    `sample_from_cache`).
   """
-  logits, hidden, cache = prefill(
-      model, prefix, prefix_lengths, prefix.shape[1] + config.max_step_len
-  )
+  logits, hidden, cache = prefill(model, prefix, prefix_lengths)
   return sample_from_cache(model, cache, hidden, prefix_lengths, keys, config,
                            num_samples, logits=logits)
 
@@ -206,10 +201,12 @@ def sample_from_cache(
 ) -> tuple[StepSamples, transformer_lib.KVCache]:
   """Samples `num_samples` steps after prefixes already in a KV cache.
 
+  The samples of a prefix share its cache (`transformer.PrefixedCache`);
+  only their own steps' keys/values are written.
+
   Args:
     model: the policy LM.
-    cache: `[B]` rows holding each prefix in slots `[0, prefix_lengths)`, with
-      at least `max_step_len` free slots after it.
+    cache: `[B]` rows holding each prefix in slots `[0, prefix_lengths)`.
     hidden: `[B, E]` final hidden state at each prefix's last token.
     prefix_lengths: `[B]`.
     keys: `[B * num_samples]` PRNG keys, one per output row.
@@ -218,15 +215,16 @@ def sample_from_cache(
     logits: `[B, V]` next-token logits, if already computed from `hidden`.
 
   Returns:
-    The samples and the tiled cache holding prefix + step.
+    The samples and the steps' keys/values, `[B * num_samples, K, S, D]` per
+    layer, slot `s` holding position `prefix_lengths + s` (slots past a
+    step's length hold garbage).
   """
   max_len = config.max_step_len
   if logits is None:
     logits = model.logits(hidden)
   tile = lambda x: jnp.repeat(x, num_samples, axis=0)
-  logits, hidden, prefix_lengths = tile(logits), tile(hidden), tile(
-      prefix_lengths)
-  cache = jax.tree.map(tile, cache)
+  logits, hidden = tile(logits), tile(hidden)
+  positions = tile(prefix_lengths)[:, None]
   batch = logits.shape[0]
   first, first_logp = _sample_token(logits, keys, jnp.int32(0), config)
   end_ids = jnp.array(config.end_token_ids or (-1,), jnp.int32)
@@ -238,36 +236,40 @@ def sample_from_cache(
       done=jnp.zeros(batch, bool),
       log_prob=first_logp,
       last_hidden=hidden,
-      cache=cache,
+      steps=transformer_lib.KVCache.zeros(model.config, batch, max_len),
   )
 
   def cond(s):
     return ~jnp.all(s["done"])
 
   def body(s):
-    # Feed each active row's newest token (its position is prefix + len - 1).
-    newest = jnp.take_along_axis(s["tokens"], s["lengths"][:, None] - 1, 1)
-    positions = (prefix_lengths + s["lengths"] - 1)[:, None]
-    h, cache = model.hidden(newest, positions, s["cache"])
+    # Every active row has grown at every iteration so far: its newest token
+    # sits in slot `index` (done rows compute garbage that is not kept).
+    index = s["index"]
+    newest = jax.lax.dynamic_slice_in_dim(s["tokens"], index, 1, axis=1)
+    h, after = model.hidden(
+        newest, positions + index,
+        transformer_lib.PrefixedCache(cache, prefix_lengths, s["steps"],
+                                      index))
     h = h[:, 0]
     active = ~s["done"]
     last_hidden = jnp.where(active[:, None], h, s["last_hidden"])
     ended = jnp.isin(newest[:, 0], end_ids) | (s["lengths"] >= max_len)
     grow = active & ~ended
-    nxt, logp = _sample_token(model.logits(h), keys, s["index"] + 1, config)
+    nxt, logp = _sample_token(model.logits(h), keys, index + 1, config)
     slot = jnp.minimum(s["lengths"], max_len - 1)
     rows = jnp.arange(batch)
     tokens = s["tokens"].at[rows, slot].set(
         jnp.where(grow, nxt, s["tokens"][rows, slot])
     )
     return dict(
-        index=s["index"] + 1,
+        index=index + 1,
         tokens=tokens,
         lengths=s["lengths"] + grow,
         done=s["done"] | ended,
         log_prob=s["log_prob"] + jnp.where(grow, logp, 0.0),
         last_hidden=last_hidden,
-        cache=cache,
+        steps=after.steps,
     )
 
   s = jax.lax.while_loop(cond, body, state)
@@ -287,7 +289,7 @@ def sample_from_cache(
       log_prob=s["log_prob"],
       last_hidden=s["last_hidden"],
   )
-  return samples, s["cache"]
+  return samples, s["steps"]
 
 
 @functools.partial(jax.jit,
