@@ -113,6 +113,20 @@ def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
   return logits
 
 
+def _inverse_cdf_sample(keys: Array, logits: Array) -> Array:
+  """One token per row of `logits [B, V]` from its softmax, `[B]`.
+
+  One uniform number per row (the Gumbel-max trick of `random.categorical`
+  draws one per vocabulary entry, which dominates a small model's decode step
+  and grows with the vocabulary).
+  """
+  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+  # u > 0: an entry of probability 0 never holds the first cdf >= u.
+  u = jax.vmap(lambda key: jax.random.uniform(
+      key, minval=jnp.finfo(jnp.float32).tiny))(keys)
+  return jnp.argmax(cdf >= (u * cdf[:, -1])[:, None], axis=-1)
+
+
 def _sample_token(logits: Array, keys: Array, index: Array, config):
   """Next token `[B]` and its log-prob `[B]` from `logits [B, V]`."""
   if config.temperature == 0:
@@ -122,7 +136,7 @@ def _sample_token(logits: Array, keys: Array, index: Array, config):
         logits / config.temperature, config.top_k, config.top_p
     )
     row_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, index)
-    tokens = jax.vmap(jax.random.categorical)(row_keys, logits)
+    tokens = _inverse_cdf_sample(row_keys, logits)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return tokens, jnp.take_along_axis(log_probs, tokens[:, None], -1)[:, 0]
 
@@ -239,6 +253,9 @@ def sample_from_cache(
       steps=transformer_lib.KVCache.zeros(model.config, batch, max_len),
   )
 
+  prefixed = transformer_lib.PrefixedCache.create(
+      cache, prefix_lengths, state["steps"], 0)
+
   def cond(s):
     return ~jnp.all(s["done"])
 
@@ -249,8 +266,7 @@ def sample_from_cache(
     newest = jax.lax.dynamic_slice_in_dim(s["tokens"], index, 1, axis=1)
     h, after = model.hidden(
         newest, positions + index,
-        transformer_lib.PrefixedCache(cache, prefix_lengths, s["steps"],
-                                      index))
+        prefixed.replace(steps=s["steps"], step_start=index))
     h = h[:, 0]
     active = ~s["done"]
     last_hidden = jnp.where(active[:, None], h, s["last_hidden"])

@@ -87,9 +87,13 @@ class PrefixedCache:
   steps after one partial solution): the prefixes' keys/values are read once
   per prefix instead of once per continuation.
 
+  Build it with `PrefixedCache.create`.
+
   Attributes:
-    prefix: read-only cache of R prefixes, `[R, K, W, D]` per layer (slot =
-      position); slots from `prefix_lengths` on are not attended to.
+    prefix: read-only cache of R prefixes (slot = position): keys
+      `[R, K, D, W]` (transposed: a decode step's query-key product then runs
+      over contiguous slots, ~2x faster on CPU), values `[R, K, W, D]`; slots
+      from `prefix_lengths` on are not attended to.
     prefix_lengths: `[R]`.
     steps: the continuations' own keys/values, `[R * k, K, S, D]` per layer;
       row `i * k + j` continues prefix `i`, and its slot `s` holds position
@@ -108,6 +112,14 @@ class PrefixedCache:
   step_start: Array
   token_rows: Array | None = None
   token_slots: Array | None = None
+
+  @classmethod
+  def create(cls, prefix: KVCache, prefix_lengths: Array, steps: KVCache,
+             step_start) -> "PrefixedCache":
+    """From a prefix cache in the usual `[R, K, W, D]` layout."""
+    keys = tuple(k.transpose(0, 1, 3, 2) for k in prefix.k)
+    return cls(KVCache(k=keys, v=prefix.v), prefix_lengths, steps,
+               jnp.asarray(step_start, jnp.int32))
 
   def layer(self, i: int) -> "PrefixedCache":
     """This cache restricted to layer `i`."""
@@ -332,14 +344,14 @@ class Attention(nnx.Module):
         cache, new.astype(cache.dtype), (0, 0, kv.step_start, 0))
     step_k, step_v = write(kv.steps.k[0], k), write(kv.steps.v[0], v)
     prefix_k, prefix_v = kv.prefix.k[0], kv.prefix.v[0]
-    width, step_len = prefix_k.shape[2], step_k.shape[2]
+    width, step_len = prefix_k.shape[3], step_k.shape[2]
     low = jnp.finfo(jnp.float32).min
     q = q.reshape(r, s, t, heads, groups, d)
 
     # Prefix: every continuation's queries of one prefix and kv head form the
     # rows of one matmul, so the prefix is read once, not k times.
     qp = q.transpose(0, 3, 1, 4, 2, 5).reshape(r, heads, s * groups * t, d)
-    prefix_logits = jnp.einsum("rkmd,rkwd->rkmw", qp, prefix_k.astype(q.dtype),
+    prefix_logits = jnp.einsum("rkmd,rkdw->rkmw", qp, prefix_k.astype(q.dtype),
                                preferred_element_type=jnp.float32)
     prefix_logits = prefix_logits / math.sqrt(d)
     seen = jnp.arange(width) < kv.prefix_lengths[:, None]  # [R, W]

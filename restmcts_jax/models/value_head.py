@@ -101,8 +101,7 @@ class ValueModel(nnx.Module):
     n, s = steps.shape
     step_cache = transformer_lib.KVCache.zeros(self.backbone.config, n, s)
     positions = jnp.repeat(lengths, num_samples)[:, None] + jnp.arange(s)
-    cache = transformer_lib.PrefixedCache(cache, lengths, step_cache,
-                                          jnp.int32(0))
+    cache = transformer_lib.PrefixedCache.create(cache, lengths, step_cache, 0)
 
     def padded():
       hidden, out = self.backbone.hidden(steps, positions, cache)

@@ -249,6 +249,8 @@ class TokenModels:
 
   policy_fn: PolicyFn
   value_fn: ValueFn
+  # Context rows hold their children (prefix + step) too.
+  step_room = 1
 
   def init(self, tree):
     del tree
@@ -293,8 +295,9 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
   b, k = tree.batch_size, config.branch
   expandable = active & ~tree.final[jnp.arange(b), leaf] & (
       tree.depth[jnp.arange(b), leaf] < config.max_depth)
-  width = tree.question_tokens.shape[1] + (config.max_depth + 1) * (
-      config.max_step_len)
+  # An expandable leaf is above max_depth.
+  width = tree.question_tokens.shape[1] + (
+      config.max_depth - 1 + models.step_room) * config.max_step_len
   ctx = models.context(tree, memory, leaf, max_depth=config.max_depth,
                        width=width)
   proposals, values, child = models.propose(
@@ -317,8 +320,11 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
   best = jax.vmap(lambda t, n: _best_child(t, n, config))(tree, leaf)
   best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
   rolling = expanded & ~tree.final[rows, best]
+  # The last rollout step starts from max_depth + m - 1 steps at most (the
+  # context it descends to is not used).
   width = tree.question_tokens.shape[1] + (
-      config.max_depth + config.roll_forward_steps + 1) * config.max_step_len
+      config.max_depth + config.roll_forward_steps - 1 + models.step_room
+  ) * config.max_step_len
   ctx = models.context(tree, memory, best, max_depth=config.max_depth,
                        width=width)
 
@@ -522,6 +528,8 @@ class CachedLMModels:
   policy: transformer_lib.Transformer
   value_model: value_head.ValueModel
   sampler_config: sampling.SamplerConfig
+  # New steps keep their own slots: a context holds its prefix only.
+  step_room = 0
 
   def init(self, tree: tree_lib.Tree):
     """Encodes the questions once; empty per-node slices."""
