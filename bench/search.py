@@ -196,10 +196,12 @@ def main():
       compile_s, run = batched_search(graphdef, state, n, cache_nodes)
       runs, ratios = [], []
       for _ in range(args.rounds):
-        per_node_runs.append(per_node())
+        if cache_nodes:
+          per_node_runs.append(per_node())
         runs.append(run())
-        seq_q_per_s = args.sequential_questions / per_node_runs[-1][0]
-        ratios.append(n / runs[-1][0] / seq_q_per_s)
+        if cache_nodes:
+          seq_q_per_s = args.sequential_questions / per_node_runs[-1][0]
+          ratios.append(n / runs[-1][0] / seq_q_per_s)
       if cache_nodes:
         speedups[n] = float(np.median(ratios))
       rows.append((n, name, median_run(runs), bookkeeping_s, compile_s))

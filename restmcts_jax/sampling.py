@@ -5,9 +5,11 @@ prefills the right-padded prefixes into a KV cache, then decodes one token per
 row per iteration of a `lax.while_loop` until every row has produced its step:
 it stops at a delimiter, at EOS, or at `max_step_len` tokens.
 
-The last token of every step is fed through the model once more, so that
-  * the returned cache holds the keys/values of the whole step (a child node
-    can continue from it), and
+The samples of one prefix share its cache (`transformer.PrefixedCache`); each
+writes only its own step's slots. The last token of every step is fed through
+the model once more, so that
+  * the returned step slices hold the keys/values of the whole step (a child
+    node can continue from them), and
   * `last_hidden` is the hidden state at the step's last token, which is what
     a value head on the policy's backbone reads: no extra forward pass.
 
@@ -120,11 +122,15 @@ def _inverse_cdf_sample(keys: Array, logits: Array) -> Array:
   draws one per vocabulary entry, which dominates a small model's decode step
   and grows with the vocabulary).
   """
-  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
-  # u > 0: an entry of probability 0 never holds the first cdf >= u.
-  u = jax.vmap(lambda key: jax.random.uniform(
-      key, minval=jnp.finfo(jnp.float32).tiny))(keys)
-  return jnp.argmax(cdf >= (u * cdf[:, -1])[:, None], axis=-1)
+  probs = jax.nn.softmax(logits, axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = jax.vmap(jax.random.uniform)(keys)  # [0, 1)
+  # The first entry whose cdf passes u: never one of probability 0.
+  passed = cdf > (u * cdf[:, -1])[:, None]
+  # Rounding can leave none (u * total == total): take the last possible one.
+  last = probs.shape[-1] - 1 - jnp.argmax(probs[:, ::-1] > 0, axis=-1)
+  return jnp.where(jnp.any(passed, axis=-1), jnp.argmax(passed, axis=-1),
+                   last)
 
 
 def _sample_token(logits: Array, keys: Array, index: Array, config):
@@ -320,7 +326,7 @@ def sample_step(
     num_samples: int = 1,
 ) -> StepSamples:
   """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`,
-  without the cache."""
+  returning the samples only."""
   model = nnx.merge(graphdef, state)
   return sample_step_with_model(model, prefix, prefix_lengths, keys, config,
                                 num_samples)[0]

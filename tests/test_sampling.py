@@ -236,3 +236,24 @@ def test_tiled_samples_equal_sampling_repeated_prefixes():
   np.testing.assert_allclose(tiled.log_prob, repeated.log_prob, rtol=1e-5)
   # The three samples of one prefix differ (different keys).
   assert len({tuple(np.asarray(t)) for t in tiled.tokens[:3]}) > 1
+
+
+def test_inverse_cdf_never_draws_a_filtered_token_and_follows_the_softmax():
+  logits = jnp.log(jnp.array([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]))
+  logits = jnp.tile(logits, (20000, 1))
+  keys = jax.random.split(jax.random.key(0), logits.shape[0])
+  tokens = np.asarray(sampling._inverse_cdf_sample(keys, logits))
+  freq = np.bincount(tokens, minlength=6) / len(tokens)
+  assert freq[0] == freq[2] == freq[5] == 0
+  np.testing.assert_allclose(freq[[1, 3, 4]], [0.5, 0.3, 0.2], atol=0.015)
+
+
+def test_inverse_cdf_falls_back_to_the_last_possible_token(monkeypatch):
+  """If u * total rounds up to the total no cdf entry passes it; the draw is
+  then the last token of positive probability, not token 0."""
+  monkeypatch.setattr(sampling.jax.random, "uniform",
+                      lambda key, *a, **k: jnp.float32(1.0))
+  logits = jnp.log(jnp.array([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]))
+  token = sampling._inverse_cdf_sample(jax.random.split(jax.random.key(0), 1),
+                                       logits)
+  assert int(token[0]) == 4

@@ -245,13 +245,15 @@ class Attention(nnx.Module):
       x: Array,
       positions: Array,
       rope: tuple[Array, Array],
-      kv: tuple[Array, Array] | None,
-  ) -> tuple[Array, tuple[Array, Array] | None]:
+      kv: "tuple[Array, Array] | PrefixedCache | None",
+  ) -> tuple[Array, "tuple[Array, Array] | PrefixedCache | None"]:
     """Attends `x [B, T, E]` at `positions [B, T]`.
 
     With `kv = (k [B, K, S, D], v [B, K, S, D])` the new keys/values are
     written into their position slots (a row's T positions are consecutive) and the queries attend over all slots;
-    without it, over the T new tokens only.
+    without it, over the T new tokens only. With a one-layer `PrefixedCache`
+    the rows are continuations of shared prefixes (`_attend_after_prefix`)
+    and the returned cache is that `PrefixedCache` with their step slots.
     """
     c = self.config
     q = apply_rope(self._project(x, self.q_proj, "q_bias"), *rope)
@@ -338,7 +340,7 @@ class Attention(nnx.Module):
     c = self.config
     n, t = q.shape[:2]
     r = kv.prefix_lengths.shape[0]
-    s = n // r
+    k_per = n // r  # continuations per prefix
     heads, groups, d = c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim
     write = lambda cache, new: jax.lax.dynamic_update_slice(
         cache, new.astype(cache.dtype), (0, 0, kv.step_start, 0))
@@ -346,17 +348,17 @@ class Attention(nnx.Module):
     prefix_k, prefix_v = kv.prefix.k[0], kv.prefix.v[0]
     width, step_len = prefix_k.shape[3], step_k.shape[2]
     low = jnp.finfo(jnp.float32).min
-    q = q.reshape(r, s, t, heads, groups, d)
+    q = q.reshape(r, k_per, t, heads, groups, d)
 
     # Prefix: every continuation's queries of one prefix and kv head form the
     # rows of one matmul, so the prefix is read once, not k times.
-    qp = q.transpose(0, 3, 1, 4, 2, 5).reshape(r, heads, s * groups * t, d)
+    qp = q.transpose(0, 3, 1, 4, 2, 5).reshape(r, heads, k_per * groups * t, d)
     prefix_logits = jnp.einsum("rkmd,rkdw->rkmw", qp, prefix_k.astype(q.dtype),
                                preferred_element_type=jnp.float32)
     prefix_logits = prefix_logits / math.sqrt(d)
     seen = jnp.arange(width) < kv.prefix_lengths[:, None]  # [R, W]
     prefix_logits = jnp.where(seen[:, None, None], prefix_logits, low)
-    prefix_logits = prefix_logits.reshape(r, heads, s, groups, t, width)
+    prefix_logits = prefix_logits.reshape(r, heads, k_per, groups, t, width)
 
     # Own step: causal over the step slots.
     qs = q.reshape(n, t, heads, groups, d).transpose(0, 2, 3, 1, 4)
@@ -366,22 +368,27 @@ class Attention(nnx.Module):
     query_slot = kv.step_start + jnp.arange(t)
     causal = jnp.arange(step_len)[None, :] <= query_slot[:, None]  # [T, S]
     step_logits = jnp.where(causal, step_logits, low)
-    step_logits = step_logits.reshape(r, s, heads, groups, t, step_len
+    step_logits = step_logits.reshape(r, k_per, heads, groups, t, step_len
                                       ).transpose(0, 2, 1, 3, 4, 5)
 
     probs = jax.nn.softmax(
         jnp.concatenate([prefix_logits, step_logits], -1), axis=-1
     ).astype(c.dtype)  # [R, K, k, G, T, W + S]
-    prefix_probs = probs[..., :width].reshape(r, heads, s * groups * t, width)
+    prefix_probs = probs[..., :width].reshape(
+        r, heads, k_per * groups * t, width)
+    # Both parts summed in f32, rounded to the compute dtype once.
     out = jnp.einsum("rkmw,rkwd->rkmd", prefix_probs,
-                     prefix_v.astype(c.dtype))
-    out = out.reshape(r, heads, s, groups, t, d)
+                     prefix_v.astype(c.dtype),
+                     preferred_element_type=jnp.float32)
+    out = out.reshape(r, heads, k_per, groups, t, d)
     step_probs = probs[..., width:].transpose(0, 2, 1, 3, 4, 5).reshape(
         n, heads, groups, t, step_len)
-    own = jnp.einsum("nkgts,nksd->nkgtd", step_probs, step_v.astype(c.dtype))
-    out = out + own.reshape(r, s, heads, groups, t, d).transpose(
+    own = jnp.einsum("nkgts,nksd->nkgtd", step_probs, step_v.astype(c.dtype),
+                     preferred_element_type=jnp.float32)
+    out = out + own.reshape(r, k_per, heads, groups, t, d).transpose(
         0, 2, 1, 3, 4, 5)
     out = out.transpose(0, 2, 4, 1, 3, 5).reshape(n, t, c.num_heads, d)
+    out = out.astype(c.dtype)
     steps = KVCache(k=(step_k,), v=(step_v,))
     return out, kv.replace(steps=steps)
 

@@ -321,7 +321,7 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
   best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
   rolling = expanded & ~tree.final[rows, best]
   # The last rollout step starts from max_depth + m - 1 steps at most (the
-  # context it descends to is not used).
+  # context it descends to is not used, and may not fit).
   width = tree.question_tokens.shape[1] + (
       config.max_depth + config.roll_forward_steps - 1 + models.step_room
   ) * config.max_step_len
@@ -344,8 +344,10 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
 
   zeros = jnp.zeros((b,), jnp.int32)
   init = (ctx, rolling, jnp.zeros((b,), jnp.float32), zeros, zeros)
-  _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
-      0, config.roll_forward_steps, step, init)
+  _, _, v_max, p_tok, v_tok = init
+  if config.roll_forward_steps:  # a loop body is traced even for no steps
+    _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
+        0, config.roll_forward_steps, step, init)
   v_best = tree.value[rows, best]
   blended = (1.0 - config.alpha) * v_best + config.alpha * v_max
   value = tree.value.at[rows, best].set(
@@ -575,7 +577,8 @@ class CachedLMModels:
   def descend(self, ctx: CacheContext, child: NewSteps, rows: Array
               ) -> CacheContext:
     """`ctx` with row i continued by new step `rows[i]` (its slices written
-    after the prefix; the cache must have room for them)."""
+    after the prefix). A step that does not fit the cache is written over
+    its last slots instead: such a context must not be used."""
     take = lambda x: x[rows]
     extend = lambda cache, steps: node_cache.insert(
         cache, ctx.lengths, jax.tree.map(take, steps))
