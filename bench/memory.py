@@ -140,6 +140,8 @@ def measure(config, model: transformer_lib.TransformerConfig,
   with rules():
     policy, value_model = nnx.eval_shape(build)
     models_graph, models_state = nnx.split((policy, value_model))
+    distributed.check_divisible(
+        models_state, nnx.get_named_sharding(models_state, mesh))
     search_state = _abstract(models_state,
                              nnx.get_named_sharding(models_state, block))
 
@@ -256,11 +258,13 @@ def main(argv):
     raise app.UsageError(f"--calls: unknown {unknown}; known: {CALLS}")
   devices = config.mesh.fsdp * config.mesh.tensor
   jax.config.update("jax_num_cpu_devices", devices)
-  model = model_config(_MODEL.value)
+  model = dataclasses.replace(model_config(_MODEL.value),
+                              dtype=experiment.compute_dtype(config))
   n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.eval_shape(
       lambda: transformer_lib.Transformer(model, rngs=nnx.Rngs(0)))))
   print(f"model {_MODEL.value}: {n_params / 1e6:,.1f}M parameters per model "
-        f"(policy and value model), {jnp.dtype(model.param_dtype).name}; "
+        f"(policy and value model), {jnp.dtype(model.param_dtype).name} "
+        f"parameters, {jnp.dtype(model.dtype).name} compute; "
         f"mesh block fsdp={config.mesh.fsdp} x tensor={config.mesh.tensor} "
         f"({devices} simulated CPU devices); per device:")
   print(table(measure(config, model, _CALLS.value,

@@ -37,9 +37,11 @@ def get_config():
 
   config.tokenizer = ml_collections.ConfigDict(
       dict(vocab_size=400, corpus_size=4000))
+  # compute_dtype "bfloat16" halves activations and KV caches (parameters and
+  # AdamW stay float32; norms, softmax and the value head compute in f32).
   config.model = ml_collections.ConfigDict(dict(
       embed_dim=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-      mlp_dim=768, hf_checkpoint=""))
+      mlp_dim=768, hf_checkpoint="", compute_dtype="float32"))
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   # Policy SFT on format-only texts; value model on D_V0, the records

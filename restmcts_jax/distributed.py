@@ -106,6 +106,29 @@ def mesh(fsdp: int = 1, tensor: int = 1) -> jax.sharding.Mesh:
       jax.sharding.AxisType.Auto,) * len(sharding.MESH_AXES))
 
 
+def check_divisible(tree, shardings) -> None:
+  """ValueError naming `config.mesh.<axis>` when a mesh axis does not divide
+  the dimension of a parameter it shards (e.g. `tensor` and the kv heads).
+
+  Args:
+    tree: parameters (arrays or shape structs).
+    shardings: their `NamedSharding`s, a matching tree.
+  """
+  def check(path, x, s):
+    for dim, axes in zip(x.shape, s.spec):
+      axes = (axes,) if isinstance(axes, str) else axes or ()
+      split = int(np.prod([s.mesh.shape[a] for a in axes]))
+      if dim % split:
+        settings = " x ".join(f"config.mesh.{a}={s.mesh.shape[a]}"
+                              for a in axes)
+        raise ValueError(
+            f"{settings} does not divide dimension {dim} of "
+            f"{jax.tree_util.keystr(path)} (shape {tuple(x.shape)}); "
+            "choose a mesh that divides the model's heads, kv heads, MLP, "
+            "vocabulary (tensor) and embedding (fsdp)")
+  jax.tree_util.tree_map_with_path(check, tree, shardings)
+
+
 def search_mesh(global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
   """This process's first `fsdp` x `tensor` block of `global_mesh` (the
   devices its search and evaluation run on), as a mesh with `data` = 1."""

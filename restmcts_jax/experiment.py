@@ -15,6 +15,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -160,6 +161,18 @@ def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
                                       vocab_size=config.tokenizer.vocab_size)
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """`config.model.compute_dtype` as a dtype; ValueError naming the key."""
+  name = config.model.compute_dtype
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.compute_dtype={name!r}: expected one of "
+                     f"{sorted(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
+
+
 def models_for(config, tokenizer: Tokenizer):
   """`(policy, value_model)`: a new model sized by `config.model`, or the
   config's HF checkpoint; the value model starts from a copy of the policy.
@@ -168,15 +181,16 @@ def models_for(config, tokenizer: Tokenizer):
     ValueError: when the tokenizer's ids do not fit the model's vocabulary.
   """
   m = config.model
+  dtype = compute_dtype(config)
   if m.hf_checkpoint:
-    policy = hf_io.load_hf_checkpoint(m.hf_checkpoint)
+    policy = hf_io.load_hf_checkpoint(m.hf_checkpoint, dtype=dtype)
   else:
     policy = transformer_lib.Transformer(
         transformer_lib.TransformerConfig(
             vocab_size=tokenizer.vocab_size, embed_dim=m.embed_dim,
             num_layers=m.num_layers, num_heads=m.num_heads,
             num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-            mlp_dim=m.mlp_dim),
+            mlp_dim=m.mlp_dim, dtype=dtype),
         rngs=nnx.Rngs(config.seed))
   check_vocab(tokenizer, policy.config.vocab_size,
               where=m.hf_checkpoint or "config.model")

@@ -291,6 +291,8 @@ class _Loop:
       self.shardings = dict(
           policy=nnx.get_named_sharding(policy_params, self.mesh),
           value=nnx.get_named_sharding(value_params, self.mesh))
+    distributed.check_divisible(
+        dict(policy=policy_params, value=value_params), self.shardings)
     self.initial_state = distributed.to_global(
         dict(policy=policy_params, value=value_params), self.shardings)
     self.sampler_config = experiment.sampler_config_for(config,

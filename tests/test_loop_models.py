@@ -6,6 +6,7 @@ the policy's SFT mix of verified traces and warm-start examples."""
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -70,6 +71,13 @@ def test_mesh_that_does_not_fit_a_process_names_the_key(tmp_path):
     selftrain.run(_config(tmp_path, fsdp=3, tensor=1), tmp_path / "run")
 
 
+def test_mesh_that_does_not_divide_the_kv_heads_names_the_key(tmp_path):
+  # The tiny model has 2 kv heads; 4-way tensor parallelism cannot split them.
+  with pytest.raises(ValueError, match=r"config.mesh.tensor=4 does not "
+                     r"divide dimension 2 of .*(k_proj|v_proj)"):
+    selftrain.run(_config(tmp_path, fsdp=1, tensor=4), tmp_path / "run")
+
+
 def test_batch_not_split_evenly_names_the_key(tmp_path):
   config = _config(tmp_path, fsdp=2, tensor=2)  # batches split over 2 x 2
   config.train.batch_size = 6
@@ -115,3 +123,27 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
            len(loop.tokenizer.encode(prompt)))
           for prompt, text in loop.data.warmstart}
   assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
+
+
+def test_bfloat16_compute_runs_the_loop_on_float32_parameters(tmp_path):
+  """`model.compute_dtype=bfloat16`: both models compute (and search with KV
+  caches) in bf16, parameters and AdamW stay f32; the run finds and trains on
+  traces like the f32 run of `test_sharded_run_matches_replicated`."""
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.model.compute_dtype = "bfloat16"
+  loop = _loop(tmp_path, config)
+  policy, value_model = loop.models(loop.initial_state)
+  assert policy.config.dtype == value_model.backbone.config.dtype == jnp.bfloat16
+  assert {x.dtype for x in jax.tree.leaves(loop.initial_state)} == {
+      jnp.dtype(jnp.float32)}
+  metrics = selftrain.run(config, tmp_path / "bf16")
+  assert metrics[-1]["traces"] > 0 and metrics[-1]["value_records"] > 0
+  assert np.isfinite(metrics[-1]["policy_loss"])
+  assert np.isfinite(metrics[-1]["value_loss"])
+
+
+def test_unknown_compute_dtype_names_the_key(tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.model.compute_dtype = "float16"
+  with pytest.raises(ValueError, match="config.model.compute_dtype='float16'"):
+    selftrain.run(config, tmp_path / "run")

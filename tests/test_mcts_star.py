@@ -129,13 +129,19 @@ def test_token_budget_stops_a_question():
   assert np.all(np.asarray(result.policy_tokens) >= 12)
 
 
-def test_search_with_language_models_with_and_without_node_caches():
+def _lm_models():
+  """A tiny policy and a value model on a copy of it with a random head:
+  `(value_model, graphdef, state)` of the pair."""
   policy = _model()
   value_model = value_head.make_value_model(policy, share_backbone=False,
                                             rngs=nnx.Rngs(3))
   value_model.head.kernel.set_value(
       jax.random.normal(jax.random.key(1), (TINY.embed_dim,)))
-  graphdef, state = nnx.split((policy, value_model))
+  return (value_model,) + nnx.split((policy, value_model))
+
+
+def test_search_with_language_models_with_and_without_node_caches():
+  value_model, graphdef, state = _lm_models()
   config = mcts_star.MCTSConfig(num_iterations=5, branch=3, roll_branch=2,
                                 roll_forward_steps=2, max_depth=4,
                                 max_step_len=6, stop_at_end_gate=False)
@@ -176,12 +182,7 @@ def test_cached_search_at_the_tightest_context_widths(max_depth,
   """Steps always as long as max_step_len (no stop token) and questions
   shorter than a step: every context is filled to the width the phase
   allows; the cached search still equals re-encoding."""
-  policy = _model()
-  value_model = value_head.make_value_model(policy, share_backbone=False,
-                                            rngs=nnx.Rngs(3))
-  value_model.head.kernel.set_value(
-      jax.random.normal(jax.random.key(1), (TINY.embed_dim,)))
-  graphdef, state = nnx.split((policy, value_model))
+  value_model, graphdef, state = _lm_models()
   config = mcts_star.MCTSConfig(
       num_iterations=4, branch=2, roll_branch=2,
       roll_forward_steps=roll_forward_steps, max_depth=max_depth,

@@ -131,12 +131,13 @@ def pack_rows(lengths: Array, capacity: int) -> tuple[Array, Array]:
   """Where each token of right-padded rows goes when they are packed into one
   sequence of `capacity` tokens: `(rows [C], slots [C])`, token c being token
   `slots[c]` of row `rows[c]`; past the rows' total length, `rows` is the row
-  count (padding)."""
+  count and `slots` 0 (padding)."""
   ends = jnp.cumsum(lengths)
   token = jnp.arange(capacity)
   rows = jnp.searchsorted(ends, token, side="right")
-  starts = (ends - lengths)[jnp.minimum(rows, lengths.shape[0] - 1)]
-  return rows, token - starts
+  padding = rows >= lengths.shape[0]
+  starts = (ends - lengths)[jnp.where(padding, 0, rows)]
+  return rows, jnp.where(padding, 0, token - starts)
 
 
 def annotated_param(rngs, dtype, init, shape, names):
