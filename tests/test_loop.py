@@ -60,7 +60,7 @@ def _wait_for_step(process, workdir, step, timeout=300):
   while not _steps(workdir) or max(_steps(workdir)) < step:
     assert process.poll() is None, "the run ended before the awaited phase"
     assert time.monotonic() - start < timeout
-    time.sleep(0.05)
+    time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,14 @@ def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
   assert _steps(finished)[-1] == LAST_PHASE
 
 
-@pytest.mark.parametrize("after_step", [2])  # inside training or evaluation
+@pytest.mark.parametrize("after_step", [2])  # inside training
 def test_sigkill_anywhere_then_rerun_gives_the_same_metrics(finished, tmp,
                                                             after_step):
   workdir = tmp / f"killed_after_{after_step}"
   process = _main(workdir, tmp)
   _wait_for_step(process, workdir, after_step)
-  time.sleep(0.5 * after_step)  # somewhere inside the next phase
+  # At once: with compilations cached, the phases left can take under a
+  # second on a fast machine.
   process.kill()
   process.wait()
   assert _steps(workdir)[-1] < LAST_PHASE  # it was stopped mid-run
