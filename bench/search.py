@@ -21,7 +21,8 @@ LM): that is the cost of selection, back-up and tree bookkeeping.
 
 Ends with `RESULT search_speedup_q64 <cached / per-node>` (questions per
 second; the per-node driver's rate is measured on a few questions, since it
-runs one question at a time).
+runs one question at a time): the median over `--rounds` of the ratio of a
+batched run to the per-node run just before it. The table shows median runs.
 """
 
 import argparse
@@ -74,16 +75,19 @@ def _timed(fn):
   return out, time.perf_counter() - start
 
 
-def bench_batched(graphdef, state, n, cache_nodes):
-  """(compile s, run s, iterations, policy tokens) for n questions."""
+def batched_search(graphdef, state, n, cache_nodes):
+  """(compile s, run) where `run()` times one search of n questions:
+  (run s, iterations, policy tokens)."""
   q, ql = _questions(n)
   keys = jax.random.split(jax.random.key(0), n)
-  run = lambda: mcts_star.search_lm(graphdef, state, q, ql, keys, SAMPLER,
-                                    SEARCH, cache_nodes=cache_nodes)
-  _, compile_s = _timed(run)
-  out, run_s = _timed(run)
-  return compile_s, run_s, int(out.iterations.sum()), int(
-      out.policy_tokens.sum())
+  search = lambda: mcts_star.search_lm(graphdef, state, q, ql, keys, SAMPLER,
+                                       SEARCH, cache_nodes=cache_nodes)
+  _, compile_s = _timed(search)
+
+  def run():
+    out, run_s = _timed(search)
+    return run_s, int(out.iterations.sum()), int(out.policy_tokens.sum())
+  return compile_s, run
 
 
 def bench_bookkeeping(n):
@@ -108,8 +112,9 @@ def bench_bookkeeping(n):
   return _timed(run)[1]
 
 
-def bench_sequential(policy, value_model, n):
-  """(run s, iterations, policy tokens) of the per-node driver."""
+def sequential_search(policy, value_model, n):
+  """`run()` timing the per-node driver on n questions: (run s, iterations,
+  policy tokens)."""
   graphdef, state = nnx.split(policy)
   width = QUESTION_LEN + (SEARCH.max_depth + SEARCH.roll_forward_steps + 1) * (
       SEARCH.max_step_len)
@@ -142,20 +147,32 @@ def bench_sequential(policy, value_model, n):
   for length in range(16, width + 1, 16):  # compile every width
     propose([3] * length, 0)
     score([3] * length)
-  start = time.perf_counter()
-  iterations = tokens = 0
-  for q in questions:
-    s = sequential.SequentialSearch(list(q), config, propose, score)
-    s.run(SEARCH.num_iterations)
-    iterations += s.iterations_run
-    tokens += s.policy_tokens
-  return time.perf_counter() - start, iterations, tokens
+
+  def run():
+    key[0] = jax.random.key(1)
+    start = time.perf_counter()
+    iterations = tokens = 0
+    for q in questions:
+      s = sequential.SequentialSearch(list(q), config, propose, score)
+      s.run(SEARCH.num_iterations)
+      iterations += s.iterations_run
+      tokens += s.policy_tokens
+    return time.perf_counter() - start, iterations, tokens
+  return run
+
+
+def median_run(runs):
+  """The run of median wall time among `runs` (tuples, wall time first)."""
+  return sorted(runs)[len(runs) // 2]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--questions", type=int, nargs="+", default=[1, 8, 64])
   parser.add_argument("--sequential_questions", type=int, default=4)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="timed runs per driver; each batched run is "
+                      "paired with a per-node run just before it")
   args = parser.parse_args()
 
   policy, value_model = _models()
@@ -165,30 +182,43 @@ def main():
         f"{SEARCH.num_iterations} iterations, b={SEARCH.branch}, "
         f"d={SEARCH.roll_branch}, m={SEARCH.roll_forward_steps}, steps <= "
         f"{SEARCH.max_step_len} tokens, question {QUESTION_LEN} tokens; "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}")
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; median of "
+        f"{args.rounds} runs")
 
-  seq_s, seq_iters, seq_tokens = bench_sequential(
-      policy, value_model, args.sequential_questions)
-  seq_q_per_s = args.sequential_questions / seq_s
+  # This machine's speed drifts by tens of percent within minutes: every
+  # batched run is paired with a per-node run just before it, and the
+  # speedup is the median of the pairs' ratios.
+  per_node = sequential_search(policy, value_model, args.sequential_questions)
+  per_node_runs, speedups, rows = [], {}, []
+  for n in args.questions:
+    bookkeeping_s = bench_bookkeeping(n)
+    for name, cache_nodes in (("re-encode", False), ("cached", True)):
+      compile_s, run = batched_search(graphdef, state, n, cache_nodes)
+      runs, ratios = [], []
+      for _ in range(args.rounds):
+        if cache_nodes:
+          per_node_runs.append(per_node())
+        runs.append(run())
+        if cache_nodes:
+          seq_q_per_s = args.sequential_questions / per_node_runs[-1][0]
+          ratios.append(n / runs[-1][0] / seq_q_per_s)
+      if cache_nodes:
+        speedups[n] = float(np.median(ratios))
+      rows.append((n, name, median_run(runs), bookkeeping_s, compile_s))
+
   header = (f"{'questions':>9} | {'driver':>9} | {'wall s':>7} | "
             f"{'iter/s':>7} | {'gen tok/s':>9} | {'questions/s':>11} | "
             f"{'outside models':>14} | {'compile s':>9}")
   print(header)
   print("-" * len(header))
+  seq_s, seq_iters, seq_tokens = median_run(per_node_runs)
   print(f"{args.sequential_questions:>9} | {'per-node':>9} | {seq_s:>7.1f} | "
         f"{seq_iters / seq_s:>7.1f} | {seq_tokens / seq_s:>9.0f} | "
-        f"{seq_q_per_s:>11.2f} | {'':>14} | {'':>9}")
-  speedups = {}
-  for n in args.questions:
-    bookkeeping_s = bench_bookkeeping(n)
-    for name, cache_nodes in (("re-encode", False), ("cached", True)):
-      compile_s, run_s, iters, tokens = bench_batched(graphdef, state, n,
-                                                      cache_nodes)
-      if cache_nodes:
-        speedups[n] = (n / run_s) / seq_q_per_s
-      print(f"{n:>9} | {name:>9} | {run_s:>7.1f} | {iters / run_s:>7.1f} | "
-            f"{tokens / run_s:>9.0f} | {n / run_s:>11.2f} | "
-            f"{bookkeeping_s / run_s:>13.1%} | {compile_s:>9.1f}")
+        f"{args.sequential_questions / seq_s:>11.2f} | {'':>14} | {'':>9}")
+  for n, name, (run_s, iters, tokens), bookkeeping_s, compile_s in rows:
+    print(f"{n:>9} | {name:>9} | {run_s:>7.1f} | {iters / run_s:>7.1f} | "
+          f"{tokens / run_s:>9.0f} | {n / run_s:>11.2f} | "
+          f"{bookkeeping_s / run_s:>13.1%} | {compile_s:>9.1f}")
   for n, speedup in speedups.items():
     print(f"RESULT search_speedup_q{n} {speedup:.2f}")
 

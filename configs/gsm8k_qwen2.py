@@ -20,24 +20,29 @@ If greedy accuracy at iteration 0 is near zero because the model does not end
 with `The answer is: <number>`, set e.g. `--config.warmstart.steps=100` to
 fine-tune on the training references' steps first.
 
-Memory, estimated (XLA:CPU compile-time buffer sizes of the loop's jitted
-calls at Qwen2.5's shapes, not measured on an accelerator). Parameters and
-activations are f32; the policy and the value model (a copy of it) are 2 GB
-each at 0.5B, 6 GB each at 1.5B. Attention probabilities are materialized, so
-activations grow with the square of the padded length; the evaluation rows
-are for 64 questions (times the samples per question) in one call:
+Memory per device, estimated by `bench/memory.py` (XLA:CPU's buffer sizes of
+the loop's jitted calls compiled at Qwen2.5's shapes, not measured on an
+accelerator; BENCHMARKS.md has the commands). Parameters, KV caches and
+activations are f32; the policy and the value model (a copy of it) are
+1.8 GiB each at 0.5B, 5.8 GiB at 1.5B, 28 GiB at 7B. GiB per device:
 
-                                                  0.5B      1.5B
-  collect: 32 questions, 40 MCTS* iterations      22 GB     53 GB
-  train: batch 4 padded to 1,024 tokens (AdamW)   42 GB     73 GB
-  eval, 64 questions: SC/BoN/ToT at 4 samples     46 GB     67 GB
-                      MCTS*, 64 iterations        54 GB    128 GB
+                                           0.5B     1.5B     7B, fsdp=8
+  collect: 32 questions, 40 MCTS* it        18       45       73
+  train: batch 4 x 1,024 tokens (AdamW)     38       62       95 (batch 8)
+  eval, 16 questions: SC at 4 samples       10       16       27
+                      MCTS*, 64 it          14       36       56
 
-Hence `train.batch_size` 4 (16 would need about 150 GB at 1,024 tokens) and
-budgets up to 4. Evaluation runs `eval.batch_size` = 16 questions per call
-(the last call padded), so a larger `eval.num_test` costs time, not memory;
-activation memory shrinks with the batch (16-question calls were not
-re-measured).
+The search's per-node KV caches dominate `collect` (1.5B: 26 GiB of its
+45 at 32 questions x 121 nodes x 64-token steps, both models); they scale
+with `search_batch` and `search.num_iterations`. Hence `train.batch_size` 4,
+budgets up to 4 and `eval.batch_size` = 16 questions per call (the last call
+padded), so a larger `eval.num_test` costs time, not memory. At 7B the
+estimates exceed an 80 GB device: the models are f32, the caches stay whole
+on every device of the block, and the training estimate is far above one
+1,024-token row's activations (not analysed further: likely whole gathered
+weights and gradients, which an accelerator's scheduler would gather layer by
+layer). Plan on halving `search_batch`, train with `train.batch_size` = 8 (one
+row per device), and measure.
 
 Parameters are replicated by default: training is data-parallel over all
 devices (the batch sizes must be multiples of the data-parallel size), and
@@ -48,9 +53,10 @@ AdamW moments over blocks of F x T devices (embedding dimension over fsdp;
 heads, MLP and vocabulary over tensor), the batch over data x fsdp, and each
 process searches on its first block with the parameters left in place. A
 block must fit in one process (F x T divides its device count), e.g. 7B on
-one 8-GPU host: `--config.mesh.fsdp=8` (about 14 GB of f32 parameters and
-moments per device per model). These layouts are tested on 8 simulated CPU
-devices (the same metrics as replicated); no accelerator was measured.
+one 8-GPU host: `--config.mesh.fsdp=8 --config.train.batch_size=8` (11 GiB of
+f32 parameters and AdamW moments per device for the model being trained; see
+the table above). These layouts are tested on 8 simulated CPU devices (the
+same metrics as replicated); no accelerator was measured.
 """
 
 from configs import game24

@@ -5,9 +5,11 @@ prefills the right-padded prefixes into a KV cache, then decodes one token per
 row per iteration of a `lax.while_loop` until every row has produced its step:
 it stops at a delimiter, at EOS, or at `max_step_len` tokens.
 
-The last token of every step is fed through the model once more, so that
-  * the returned cache holds the keys/values of the whole step (a child node
-    can continue from it), and
+The samples of one prefix share its cache (`transformer.PrefixedCache`); each
+writes only its own step's slots. The last token of every step is fed through
+the model once more, so that
+  * the returned step slices hold the keys/values of the whole step (a child
+    node can continue from them), and
   * `last_hidden` is the hidden state at the step's last token, which is what
     a value head on the policy's backbone reads: no extra forward pass.
 
@@ -113,6 +115,24 @@ def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
   return logits
 
 
+def _inverse_cdf_sample(keys: Array, logits: Array) -> Array:
+  """One token per row of `logits [B, V]` from its softmax, `[B]`.
+
+  One uniform number per row (the Gumbel-max trick of `random.categorical`
+  draws one per vocabulary entry, which dominates a small model's decode step
+  and grows with the vocabulary).
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = jax.vmap(jax.random.uniform)(keys)  # [0, 1)
+  # The first entry whose cdf passes u: never one of probability 0.
+  passed = cdf > (u * cdf[:, -1])[:, None]
+  # Rounding can leave none (u * total == total): take the last possible one.
+  last = probs.shape[-1] - 1 - jnp.argmax(probs[:, ::-1] > 0, axis=-1)
+  return jnp.where(jnp.any(passed, axis=-1), jnp.argmax(passed, axis=-1),
+                   last)
+
+
 def _sample_token(logits: Array, keys: Array, index: Array, config):
   """Next token `[B]` and its log-prob `[B]` from `logits [B, V]`."""
   if config.temperature == 0:
@@ -122,7 +142,7 @@ def _sample_token(logits: Array, keys: Array, index: Array, config):
         logits / config.temperature, config.top_k, config.top_p
     )
     row_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, index)
-    tokens = jax.vmap(jax.random.categorical)(row_keys, logits)
+    tokens = _inverse_cdf_sample(row_keys, logits)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return tokens, jnp.take_along_axis(log_probs, tokens[:, None], -1)[:, 0]
 
@@ -131,22 +151,19 @@ def prefill(
     model: transformer_lib.Transformer,
     prefix: Array,
     prefix_lengths: Array,
-    cache_length: int,
 ) -> tuple[Array, Array, transformer_lib.KVCache]:
-  """Encodes right-padded prefixes into a fresh cache.
+  """Encodes right-padded prefixes into a fresh cache `[B, K, P, D]`.
 
   Args:
     model: the policy LM.
     prefix: `[B, P]` token ids, right-padded.
     prefix_lengths: `[B]` real lengths, each >= 1.
-    cache_length: cache slots (>= P plus the tokens to decode).
 
   Returns:
     `(logits [B, V], hidden [B, E])` at each row's last real token, and the
     cache.
   """
-  batch = prefix.shape[0]
-  cache = transformer_lib.KVCache.zeros(model.config, batch, cache_length)
+  cache = transformer_lib.KVCache.zeros(model.config, *prefix.shape)
   positions = transformer_lib.default_positions(prefix)
   hidden, cache = model.hidden(prefix, positions, cache)
   last = transformer_lib.last_token_hidden(hidden, prefix_lengths)
@@ -170,8 +187,8 @@ def sample_step_with_model(
 ) -> tuple[StepSamples, transformer_lib.KVCache]:
   """Samples `num_samples` steps per prefix (un-jitted; see `sample_step`).
 
-  Each prefix is prefilled once and its cache tiled over its samples: the
-  prefix usually costs more than the short step that follows it.
+  Each prefix is prefilled once and shared by its samples: the prefix usually
+  costs more than the short step that follows it.
 
   Args:
     model: the policy LM.
@@ -183,12 +200,10 @@ def sample_step_with_model(
       sample `j` of prefix `i`.
 
   Returns:
-    The samples (`B * num_samples` rows) and the KV cache holding prefix +
-    step (slot = position).
+    The samples (`B * num_samples` rows) and the steps' own keys/values (see
+    `sample_from_cache`).
   """
-  logits, hidden, cache = prefill(
-      model, prefix, prefix_lengths, prefix.shape[1] + config.max_step_len
-  )
+  logits, hidden, cache = prefill(model, prefix, prefix_lengths)
   return sample_from_cache(model, cache, hidden, prefix_lengths, keys, config,
                            num_samples, logits=logits)
 
@@ -206,10 +221,12 @@ def sample_from_cache(
 ) -> tuple[StepSamples, transformer_lib.KVCache]:
   """Samples `num_samples` steps after prefixes already in a KV cache.
 
+  The samples of a prefix share its cache (`transformer.PrefixedCache`);
+  only their own steps' keys/values are written.
+
   Args:
     model: the policy LM.
-    cache: `[B]` rows holding each prefix in slots `[0, prefix_lengths)`, with
-      at least `max_step_len` free slots after it.
+    cache: `[B]` rows holding each prefix in slots `[0, prefix_lengths)`.
     hidden: `[B, E]` final hidden state at each prefix's last token.
     prefix_lengths: `[B]`.
     keys: `[B * num_samples]` PRNG keys, one per output row.
@@ -218,15 +235,16 @@ def sample_from_cache(
     logits: `[B, V]` next-token logits, if already computed from `hidden`.
 
   Returns:
-    The samples and the tiled cache holding prefix + step.
+    The samples and the steps' keys/values, `[B * num_samples, K, S, D]` per
+    layer, slot `s` holding position `prefix_lengths + s` (slots past a
+    step's length hold garbage).
   """
   max_len = config.max_step_len
   if logits is None:
     logits = model.logits(hidden)
   tile = lambda x: jnp.repeat(x, num_samples, axis=0)
-  logits, hidden, prefix_lengths = tile(logits), tile(hidden), tile(
-      prefix_lengths)
-  cache = jax.tree.map(tile, cache)
+  logits, hidden = tile(logits), tile(hidden)
+  positions = tile(prefix_lengths)[:, None]
   batch = logits.shape[0]
   first, first_logp = _sample_token(logits, keys, jnp.int32(0), config)
   end_ids = jnp.array(config.end_token_ids or (-1,), jnp.int32)
@@ -238,36 +256,42 @@ def sample_from_cache(
       done=jnp.zeros(batch, bool),
       log_prob=first_logp,
       last_hidden=hidden,
-      cache=cache,
+      steps=transformer_lib.KVCache.zeros(model.config, batch, max_len),
   )
+
+  prefixed = transformer_lib.PrefixedCache.create(
+      cache, prefix_lengths, state["steps"], 0)
 
   def cond(s):
     return ~jnp.all(s["done"])
 
   def body(s):
-    # Feed each active row's newest token (its position is prefix + len - 1).
-    newest = jnp.take_along_axis(s["tokens"], s["lengths"][:, None] - 1, 1)
-    positions = (prefix_lengths + s["lengths"] - 1)[:, None]
-    h, cache = model.hidden(newest, positions, s["cache"])
+    # Every active row has grown at every iteration so far: its newest token
+    # sits in slot `index` (done rows compute garbage that is not kept).
+    index = s["index"]
+    newest = jax.lax.dynamic_slice_in_dim(s["tokens"], index, 1, axis=1)
+    h, after = model.hidden(
+        newest, positions + index,
+        prefixed.replace(steps=s["steps"], step_start=index))
     h = h[:, 0]
     active = ~s["done"]
     last_hidden = jnp.where(active[:, None], h, s["last_hidden"])
     ended = jnp.isin(newest[:, 0], end_ids) | (s["lengths"] >= max_len)
     grow = active & ~ended
-    nxt, logp = _sample_token(model.logits(h), keys, s["index"] + 1, config)
+    nxt, logp = _sample_token(model.logits(h), keys, index + 1, config)
     slot = jnp.minimum(s["lengths"], max_len - 1)
     rows = jnp.arange(batch)
     tokens = s["tokens"].at[rows, slot].set(
         jnp.where(grow, nxt, s["tokens"][rows, slot])
     )
     return dict(
-        index=s["index"] + 1,
+        index=index + 1,
         tokens=tokens,
         lengths=s["lengths"] + grow,
         done=s["done"] | ended,
         log_prob=s["log_prob"] + jnp.where(grow, logp, 0.0),
         last_hidden=last_hidden,
-        cache=cache,
+        steps=after.steps,
     )
 
   s = jax.lax.while_loop(cond, body, state)
@@ -287,7 +311,7 @@ def sample_from_cache(
       log_prob=s["log_prob"],
       last_hidden=s["last_hidden"],
   )
-  return samples, s["cache"]
+  return samples, s["steps"]
 
 
 @functools.partial(jax.jit,
@@ -302,7 +326,7 @@ def sample_step(
     num_samples: int = 1,
 ) -> StepSamples:
   """Jitted `sample_step_with_model` on an explicit `(graphdef, state)`,
-  without the cache."""
+  returning the samples only."""
   model = nnx.merge(graphdef, state)
   return sample_step_with_model(model, prefix, prefix_lengths, keys, config,
                                 num_samples)[0]

@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
@@ -128,13 +129,19 @@ def test_token_budget_stops_a_question():
   assert np.all(np.asarray(result.policy_tokens) >= 12)
 
 
-def test_search_with_language_models_with_and_without_node_caches():
+def _lm_models():
+  """A tiny policy and a value model on a copy of it with a random head:
+  `(value_model, graphdef, state)` of the pair."""
   policy = _model()
   value_model = value_head.make_value_model(policy, share_backbone=False,
                                             rngs=nnx.Rngs(3))
   value_model.head.kernel.set_value(
       jax.random.normal(jax.random.key(1), (TINY.embed_dim,)))
-  graphdef, state = nnx.split((policy, value_model))
+  return (value_model,) + nnx.split((policy, value_model))
+
+
+def test_search_with_language_models_with_and_without_node_caches():
+  value_model, graphdef, state = _lm_models()
   config = mcts_star.MCTSConfig(num_iterations=5, branch=3, roll_branch=2,
                                 roll_forward_steps=2, max_depth=4,
                                 max_step_len=6, stop_at_end_gate=False)
@@ -167,3 +174,31 @@ def test_search_with_language_models_with_and_without_node_caches():
   np.testing.assert_allclose(tree.prior_value[jnp.arange(3), nodes],
                              value_model(tokens, lengths), atol=1e-5)
   assert np.all(np.asarray(cached.policy_tokens) > 0)
+
+
+@pytest.mark.parametrize("max_depth,roll_forward_steps", [(1, 0), (2, 1)])
+def test_cached_search_at_the_tightest_context_widths(max_depth,
+                                                      roll_forward_steps):
+  """Steps always as long as max_step_len (no stop token) and questions
+  shorter than a step: every context is filled to the width the phase
+  allows; the cached search still equals re-encoding."""
+  value_model, graphdef, state = _lm_models()
+  config = mcts_star.MCTSConfig(
+      num_iterations=4, branch=2, roll_branch=2,
+      roll_forward_steps=roll_forward_steps, max_depth=max_depth,
+      max_step_len=5, stop_at_end_gate=False)
+  sampler_config = sampling.SamplerConfig(max_step_len=5, temperature=1.0)
+  q, ql = _questions([[3, 4, 10], [11, 12]])
+  keys = jax.random.split(jax.random.key(0), 2)
+  cached, recomputed = (
+      mcts_star.search_lm(graphdef, state, q, ql, keys, sampler_config, config,
+                          cache_nodes=cache_nodes)
+      for cache_nodes in (True, False))
+  assert np.all(np.asarray(cached.tree.step_len)[:, 1:][
+      np.asarray(cached.tree.used)[:, 1:]] == 5)
+  assert int(np.max(cached.tree.depth)) == max_depth
+  for name in ("parent", "children", "visits", "step_tokens"):
+    np.testing.assert_array_equal(getattr(cached.tree, name),
+                                  getattr(recomputed.tree, name), name)
+  np.testing.assert_allclose(cached.tree.value, recomputed.tree.value,
+                             atol=1e-5)

@@ -10,6 +10,7 @@ from flax import nnx
 from restmcts_jax import sampling
 from restmcts_jax.models import transformer as tl
 from restmcts_jax.models import value_head
+from restmcts_jax.search import node_cache
 from tests.test_transformer import TINY, _model
 
 STOPS = (5, 9, 17, 33, 40)
@@ -61,24 +62,33 @@ def test_greedy_step_matches_naive_full_forward_decoding(max_step_len):
   assert int(out.lengths.max()) <= max_step_len
 
 
-def test_last_hidden_and_cache_hold_the_whole_step():
+def test_last_hidden_and_step_slices_hold_the_whole_step():
   model = _model()
   prefix, lengths = _prefixes()
+  k = 2
   config = sampling.SamplerConfig(max_step_len=8, temperature=1.0,
                                   stop_token_ids=STOPS, eos_token_id=EOS)
-  keys = jax.random.split(jax.random.key(0), prefix.shape[0])
-  out, cache = jax.jit(sampling.sample_step_with_model, static_argnums=4)(
-      model, prefix, lengths, keys, config)
-  for i in range(prefix.shape[0]):
+  keys = jax.random.split(jax.random.key(0), prefix.shape[0] * k)
+  out, steps = jax.jit(sampling.sample_step_with_model,
+                       static_argnums=(4, 5))(model, prefix, lengths, keys,
+                                              config, k)
+  _, _, prefix_cache = sampling.prefill(model, prefix, lengths)
+  width = prefix.shape[1] + config.max_step_len + 1
+  for row in range(prefix.shape[0] * k):
+    i = row // k
     full = jnp.concatenate([prefix[i, :lengths[i]],
-                            out.tokens[i, :out.lengths[i]]])[None]
-    logits, hidden, _ = model(full, tl.default_positions(full))
-    np.testing.assert_allclose(out.last_hidden[i], hidden[0, -1], atol=1e-5)
-    # Continuing from the returned cache equals the full forward pass.
+                            out.tokens[row, :out.lengths[row]]])[None]
+    _, hidden, _ = model(full, tl.default_positions(full))
+    np.testing.assert_allclose(out.last_hidden[row], hidden[0, -1], atol=1e-5)
+    # The prefix's cache with the step slices written after it continues
+    # like a full forward pass.
+    cache = tl.KVCache.zeros(TINY, 1, width)
+    cache = node_cache.insert(cache, jnp.zeros(1, jnp.int32), jax.tree.map(
+        lambda c: c[i:i + 1], prefix_cache))
+    cache = node_cache.insert(cache, lengths[i:i + 1], jax.tree.map(
+        lambda c: c[row:row + 1], steps))
     nxt = jnp.array([[7]])
-    pos = jnp.array([[full.shape[1]]])
-    row_cache = jax.tree.map(lambda c: c[i:i + 1], cache)
-    cached, _, _ = model(nxt, pos, row_cache)
+    cached, _, _ = model(nxt, jnp.array([[full.shape[1]]]), cache)
     ref, _, _ = model(jnp.concatenate([full, nxt], 1),
                       tl.default_positions(jnp.concatenate([full, nxt], 1)))
     np.testing.assert_allclose(cached[0, 0], ref[0, -1], atol=1e-5)
@@ -226,3 +236,24 @@ def test_tiled_samples_equal_sampling_repeated_prefixes():
   np.testing.assert_allclose(tiled.log_prob, repeated.log_prob, rtol=1e-5)
   # The three samples of one prefix differ (different keys).
   assert len({tuple(np.asarray(t)) for t in tiled.tokens[:3]}) > 1
+
+
+def test_inverse_cdf_never_draws_a_filtered_token_and_follows_the_softmax():
+  logits = jnp.log(jnp.array([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]))
+  logits = jnp.tile(logits, (20000, 1))
+  keys = jax.random.split(jax.random.key(0), logits.shape[0])
+  tokens = np.asarray(sampling._inverse_cdf_sample(keys, logits))
+  freq = np.bincount(tokens, minlength=6) / len(tokens)
+  assert freq[0] == freq[2] == freq[5] == 0
+  np.testing.assert_allclose(freq[[1, 3, 4]], [0.5, 0.3, 0.2], atol=0.015)
+
+
+def test_inverse_cdf_falls_back_to_the_last_possible_token(monkeypatch):
+  """If u * total rounds up to the total no cdf entry passes it; the draw is
+  then the last token of positive probability, not token 0."""
+  monkeypatch.setattr(sampling.jax.random, "uniform",
+                      lambda key, *a, **k: jnp.float32(1.0))
+  logits = jnp.log(jnp.array([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]))
+  token = sampling._inverse_cdf_sample(jax.random.split(jax.random.key(0), 1),
+                                       logits)
+  assert int(token[0]) == 4

@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from restmcts_jax.models import transformer as tl
 from restmcts_jax.models import value_head
 from tests.test_transformer import TINY, _model
 
@@ -75,3 +77,35 @@ def test_scoring_continuations_equals_scoring_each_full_sequence():
         np.asarray(steps[row, :step_lengths[row]]))
     want = vm(jnp.array([seq]), jnp.array([len(seq)]))[0]
     np.testing.assert_allclose(values[row], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("step_len", [1, 3, 5, 8])
+def test_packed_and_padded_scoring_give_the_same_values_and_step_slices(
+    step_len):
+  """Short steps are packed (capacity 1/4, 1/2 or 3/4 of the rows' slots),
+  long ones run padded; both equal scoring each full sequence, and the step
+  slices continue like a full forward pass."""
+  _, vm = _value_model()
+  k, s = 3, 8
+  rng = np.random.default_rng(step_len)
+  prefix = jnp.array(rng.integers(3, TINY.vocab_size, (2, 6)), jnp.int32)
+  lengths = jnp.array([4, 6])
+  steps = jnp.array(rng.integers(3, TINY.vocab_size, (2 * k, s)), jnp.int32)
+  step_lengths = jnp.array(
+      np.clip(rng.integers(step_len - 1, step_len + 2, 2 * k), 1, s))
+  cache = tl.KVCache.zeros(TINY, *prefix.shape)
+  _, cache = vm.backbone.hidden(prefix, tl.default_positions(prefix), cache)
+  values, slices = jax.jit(vm.score_from_cache, static_argnums=4)(
+      cache, lengths, steps, step_lengths, k)
+  for row in range(2 * k):
+    i = row // k
+    seq = jnp.concatenate([prefix[i, :lengths[i]],
+                           steps[row, :step_lengths[row]]])[None]
+    want = vm(seq, jnp.array([seq.shape[1]]))[0]
+    np.testing.assert_allclose(values[row], want, atol=1e-5)
+    full = tl.KVCache.zeros(TINY, 1, seq.shape[1])
+    _, full = vm.backbone.hidden(seq, tl.default_positions(seq), full)
+    got = jax.tree.map(lambda c: c[row, :, :step_lengths[row]], slices)
+    ref = jax.tree.map(lambda c: c[0, :, lengths[i]:], full)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 got, ref)

@@ -7,6 +7,9 @@ backbone the sampler's `last_hidden` already holds `h_last` for every newly
 sampled step, so scoring a child costs no extra forward pass.
 """
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,7 +66,7 @@ class ValueModel(nnx.Module):
     """Values of `num_samples` continuations of each prefix, `[R * k]`.
 
     Equals `self(prefix + step)` row by row, but each prefix is encoded once
-    and its KV cache tiled over its continuations, which then encode only
+    and its KV cache shared by its continuations, which then encode only
     their own step tokens.
 
     Args:
@@ -73,9 +76,7 @@ class ValueModel(nnx.Module):
       step_lengths: `[R * k]` (>= 1).
       num_samples: k.
     """
-    config = self.backbone.config
-    cache = transformer_lib.KVCache.zeros(
-        config, prefix.shape[0], prefix.shape[1] + steps.shape[1])
+    cache = transformer_lib.KVCache.zeros(self.backbone.config, *prefix.shape)
     _, cache = self.backbone.hidden(
         prefix, transformer_lib.default_positions(prefix), cache)
     return self.score_from_cache(cache, lengths, steps, step_lengths,
@@ -90,14 +91,39 @@ class ValueModel(nnx.Module):
       num_samples: int,
   ) -> tuple[Array, transformer_lib.KVCache]:
     """`score_continuations` for prefixes already in this backbone's cache
-    (`[R]` rows with room for a step); also returns the tiled cache holding
-    prefix + step."""
-    tile = lambda x: jnp.repeat(x, num_samples, axis=0)
-    cache = jax.tree.map(tile, cache)
-    positions = tile(lengths)[:, None] + jnp.arange(steps.shape[1])
-    hidden, cache = self.backbone.hidden(steps, positions, cache)
-    values = self.head(transformer_lib.last_token_hidden(hidden, step_lengths))
-    return values, cache
+    (`[R]` rows); the continuations share their prefix's cache
+    (`transformer.PrefixedCache`).
+
+    Returns:
+      Values `[R * k]` and the steps' own keys/values, `[R * k, K, S, D]` per
+      layer (slot `s` holds position `lengths + s`).
+    """
+    n, s = steps.shape
+    step_cache = transformer_lib.KVCache.zeros(self.backbone.config, n, s)
+    positions = jnp.repeat(lengths, num_samples)[:, None] + jnp.arange(s)
+    cache = transformer_lib.PrefixedCache.create(cache, lengths, step_cache, 0)
+
+    def padded():
+      hidden, out = self.backbone.hidden(steps, positions, cache)
+      return (transformer_lib.last_token_hidden(hidden, step_lengths),
+              out.steps)
+
+    def packed(capacity):
+      rows, slots = transformer_lib.pack_rows(step_lengths, capacity)
+      real = jnp.minimum(rows, n - 1)
+      hidden, out = self.backbone.hidden(
+          steps[real, slots][None], positions[real, slots][None],
+          cache.replace(token_rows=rows, token_slots=slots))
+      return hidden[0, jnp.cumsum(step_lengths) - 1], out.steps
+
+    # Steps are often much shorter than S: encode only their real tokens,
+    # packed into the smallest of a few fixed capacities that holds them.
+    capacities = sorted(c for c in {8 * math.ceil(n * s * f / 8)
+                                    for f in (0.25, 0.5, 0.75)} if c < n * s)
+    branches = [functools.partial(packed, c) for c in capacities] + [padded]
+    index = jnp.sum(jnp.sum(step_lengths) > jnp.array(capacities, jnp.int32))
+    hidden, steps_cache = jax.lax.switch(index, branches)
+    return self.head(hidden), steps_cache
 
 
 def make_value_model(

@@ -249,6 +249,8 @@ class TokenModels:
 
   policy_fn: PolicyFn
   value_fn: ValueFn
+  # Context rows hold their children (prefix + step) too.
+  step_room = 1
 
   def init(self, tree):
     del tree
@@ -275,6 +277,13 @@ class TokenModels:
         proposals.tokens, proposals.lengths))
     return proposals, values, child
 
+  def descend(self, ctx: TokenContext, child: TokenContext, rows: Array
+              ) -> TokenContext:
+    """The contexts of child rows `rows [R]` (row i of `ctx` continued by
+    child `rows[i]`)."""
+    del ctx
+    return jax.tree.map(lambda x: x[rows], child)
+
   def store(self, memory, new_index, child, proposals):
     del new_index, child, proposals
     return memory
@@ -286,8 +295,9 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
   b, k = tree.batch_size, config.branch
   expandable = active & ~tree.final[jnp.arange(b), leaf] & (
       tree.depth[jnp.arange(b), leaf] < config.max_depth)
-  width = tree.question_tokens.shape[1] + (config.max_depth + 1) * (
-      config.max_step_len)
+  # An expandable leaf is above max_depth.
+  width = tree.question_tokens.shape[1] + (
+      config.max_depth - 1 + models.step_room) * config.max_step_len
   ctx = models.context(tree, memory, leaf, max_depth=config.max_depth,
                        width=width)
   proposals, values, child = models.propose(
@@ -310,8 +320,11 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
   best = jax.vmap(lambda t, n: _best_child(t, n, config))(tree, leaf)
   best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
   rolling = expanded & ~tree.final[rows, best]
+  # The last rollout step starts from max_depth + m - 1 steps at most (the
+  # context it descends to is not used, and may not fit).
   width = tree.question_tokens.shape[1] + (
-      config.max_depth + config.roll_forward_steps + 1) * config.max_step_len
+      config.max_depth + config.roll_forward_steps - 1 + models.step_room
+  ) * config.max_step_len
   ctx = models.context(tree, memory, best, max_depth=config.max_depth,
                        width=width)
 
@@ -323,7 +336,7 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
     pick = jnp.argmax(values, axis=1)
     chosen = rows * d + pick
     v_max = jnp.where(rolling, jnp.maximum(v_max, values[rows, pick]), v_max)
-    ctx = _where_rows(rolling, jax.tree.map(lambda x: x[chosen], child), ctx)
+    ctx = _where_rows(rolling, models.descend(ctx, child, chosen), ctx)
     p_tok += jnp.sum(proposals.lengths.reshape(b, d), 1) * rolling
     v_tok += jnp.sum(child.lengths.reshape(b, d), 1) * rolling
     rolling = rolling & ~proposals.is_final[chosen]
@@ -331,8 +344,10 @@ def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
 
   zeros = jnp.zeros((b,), jnp.int32)
   init = (ctx, rolling, jnp.zeros((b,), jnp.float32), zeros, zeros)
-  _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
-      0, config.roll_forward_steps, step, init)
+  _, _, v_max, p_tok, v_tok = init
+  if config.roll_forward_steps:  # a loop body is traced even for no steps
+    _, _, v_max, p_tok, v_tok = jax.lax.fori_loop(
+        0, config.roll_forward_steps, step, init)
   v_best = tree.value[rows, best]
   blended = (1.0 - config.alpha) * v_best + config.alpha * v_max
   value = tree.value.at[rows, best].set(
@@ -355,7 +370,7 @@ def search(
 
   Args:
     models: the policy and the value model behind `init` / `context` /
-      `propose` / `store` (`TokenModels` or `CachedLMModels`).
+      `propose` / `descend` / `store` (`TokenModels` or `CachedLMModels`).
     question_tokens: `[B, Q]` right-padded with 0.
     question_len: `[B]`.
     keys: `[B]` one PRNG key per question: a question's search does not
@@ -488,23 +503,42 @@ class CacheContext:
   lengths: Array
 
 
+@struct.dataclass
+class NewSteps:
+  """Steps just proposed after cached prefixes, `R * k` rows.
+
+  Attributes:
+    policy: the steps' own policy keys/values `[R * k, K, S, D]` per layer.
+    value: the same for the value model's backbone.
+    hidden: `[R * k, E]` policy hidden state at each step's last token.
+    lengths: `[R * k]` lengths of prefix + step.
+  """
+
+  policy: transformer_lib.KVCache
+  value: transformer_lib.KVCache
+  hidden: Array
+  lengths: Array
+
+
 @dataclasses.dataclass(frozen=True)
 class CachedLMModels:
   """A policy LM and a `ValueModel` that keep each node's step keys/values
   (`node_cache`): a node's prefix is assembled from its ancestors' slices and
-  is never re-encoded; a new step costs only its own tokens."""
+  is never re-encoded; a new step costs only its own tokens, and the samples
+  of one prefix read its cache once (`transformer.PrefixedCache`)."""
 
   policy: transformer_lib.Transformer
   value_model: value_head.ValueModel
   sampler_config: sampling.SamplerConfig
+  # New steps keep their own slots: a context holds its prefix only.
+  step_room = 0
 
   def init(self, tree: tree_lib.Tree):
     """Encodes the questions once; empty per-node slices."""
     q, q_len = tree.question_tokens, tree.question_len
-    _, hidden, policy_q = sampling.prefill(self.policy, q, q_len, q.shape[1])
+    _, hidden, policy_q = sampling.prefill(self.policy, q, q_len)
     backbone = self.value_model.backbone
-    value_q = transformer_lib.KVCache.zeros(backbone.config, q.shape[0],
-                                            q.shape[1])
+    value_q = transformer_lib.KVCache.zeros(backbone.config, *q.shape)
     _, value_q = backbone.hidden(q, transformer_lib.default_positions(q),
                                  value_q)
     node_hidden = jnp.zeros((tree.batch_size, tree.num_slots,
@@ -528,27 +562,35 @@ class CachedLMModels:
     return CacheContext(policy, value, hidden, lengths)
 
   def propose(self, ctx: CacheContext, needed, keys, k):
-    """Proposals `[R * k]`, their values and the contexts prefix + step."""
+    """Proposals `[R * k]`, their values and their `NewSteps`."""
     del needed  # every row costs the same: only the new step is encoded
     samples, policy = sampling.sample_from_cache(
         self.policy, ctx.policy, ctx.hidden, ctx.lengths, keys,
         self.sampler_config, k)
     values, value = self.value_model.score_from_cache(
         ctx.value, ctx.lengths, samples.tokens, samples.lengths, k)
-    child = CacheContext(policy, value, samples.last_hidden,
-                         jnp.repeat(ctx.lengths, k) + samples.lengths)
+    child = NewSteps(policy, value, samples.last_hidden,
+                     jnp.repeat(ctx.lengths, k) + samples.lengths)
     return (Proposals(samples.tokens, samples.lengths, samples.is_final),
             values, child)
 
-  def store(self, memory, new_index, child: CacheContext, proposals):
+  def descend(self, ctx: CacheContext, child: NewSteps, rows: Array
+              ) -> CacheContext:
+    """`ctx` with row i continued by new step `rows[i]` (its slices written
+    after the prefix). A step that does not fit the cache is written over
+    its last slots instead: such a context must not be used."""
+    take = lambda x: x[rows]
+    extend = lambda cache, steps: node_cache.insert(
+        cache, ctx.lengths, jax.tree.map(take, steps))
+    return CacheContext(extend(ctx.policy, child.policy),
+                        extend(ctx.value, child.value), child.hidden[rows],
+                        child.lengths[rows])
+
+  def store(self, memory, new_index, child: NewSteps, proposals):
     """Keeps the new children's step slices and last hidden states."""
-    starts = child.lengths - proposals.lengths
-    s = proposals.tokens.shape[1]
+    del proposals
     memory = dict(memory)
-    for name, cache in (("policy_steps", child.policy),
-                        ("value_steps", child.value)):
-      memory[name] = node_cache.store(memory[name], new_index,
-                                      node_cache.extract(cache, starts, s))
-    memory["hidden"] = node_cache.store(memory["hidden"], new_index,
-                                        child.hidden)
+    for name, steps in (("policy_steps", child.policy),
+                        ("value_steps", child.value), ("hidden", child.hidden)):
+      memory[name] = node_cache.store(memory[name], new_index, steps)
     return memory

@@ -60,15 +60,12 @@ def assemble(
   return cache, jnp.minimum(total, width)
 
 
-def extract(cache: KVCache, prefix_lengths: Array, max_step_len: int
-            ) -> KVCache:
-  """The step slices `[R, K, S, D]` that follow each row's prefix in a
-  sampler's or scorer's output cache `[R, K, T, D]`."""
-  def one(c, start):
-    return jax.lax.dynamic_slice(c, (0, start, 0),
-                                 (c.shape[0], max_step_len, c.shape[2]))
-  take = lambda layer: jax.vmap(one)(layer, prefix_lengths)
-  return jax.tree.map(take, cache)
+def insert(cache: KVCache, starts: Array, steps: KVCache) -> KVCache:
+  """`cache [R, K, W, D]` per layer with `steps [R, K, S, D]` written from
+  slot `starts [R]` on (a prefix extended by one step)."""
+  def one(c, s, start):
+    return jax.lax.dynamic_update_slice(c, s.astype(c.dtype), (0, start, 0))
+  return jax.tree.map(lambda c, s: jax.vmap(one)(c, s, starts), cache, steps)
 
 
 def store(per_node, new_index: Array, new):
