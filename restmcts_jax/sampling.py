@@ -19,6 +19,7 @@ sample does not depend on which other rows share its batch.
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,11 @@ class SamplerConfig:
     eos_token_id: end of the whole solution; kept in the step.
     answer_marker_ids: a step that starts with these tokens is final (carries
       the answer), as is a step that ends with EOS. Empty: EOS only.
+    decode_buckets: a decode step runs the model on the rows still
+      generating only, packed into the smallest of `decode_buckets` equal
+      fractions of the batch that holds them (1: every row, every step).
+      Steps end at different lengths, and the rows already done would
+      otherwise cost as much as the others until the longest step ends.
   """
 
   max_step_len: int = 32
@@ -52,9 +58,12 @@ class SamplerConfig:
   stop_token_ids: tuple[int, ...] = ()
   eos_token_id: int | None = None
   answer_marker_ids: tuple[int, ...] = ()
+  decode_buckets: int = 4
 
   def __post_init__(self):
     problems = []
+    if self.decode_buckets < 1:
+      problems.append(f"decode_buckets={self.decode_buckets} must be >= 1")
     if self.max_step_len < 1:
       problems.append(f"max_step_len={self.max_step_len} must be >= 1")
     if self.temperature < 0:
@@ -261,6 +270,31 @@ def sample_from_cache(
 
   prefixed = transformer_lib.PrefixedCache.create(
       cache, prefix_lengths, state["steps"], 0)
+  capacities = sorted({math.ceil(batch * i / config.decode_buckets)
+                       for i in range(1, config.decode_buckets)} - {batch})
+
+  def decode(index, newest, active, steps):
+    """Hidden states `[N, E]` and logits `[N, V]` after each row's newest
+    token (garbage for rows not `active`), and the step slots."""
+    cache = prefixed.replace(steps=steps, step_start=index)
+
+    def every_row():
+      h, after = model.hidden(newest[:, None], positions + index, cache)
+      return h[:, 0], model.logits(h[:, 0]), after.steps
+
+    def packed(capacity):
+      rows = jnp.nonzero(active, size=capacity, fill_value=batch)[0]
+      real = jnp.minimum(rows, batch - 1)
+      h, after = model.hidden(newest[real][None],
+                              (positions[real, 0] + index)[None],
+                              cache.replace(token_rows=rows))
+      unpack = lambda x: jnp.zeros((batch,) + x.shape[1:], x.dtype).at[
+          rows].set(x, mode="drop")
+      return unpack(h[0]), unpack(model.logits(h[0])), after.steps
+
+    branches = [functools.partial(packed, c) for c in capacities]
+    fits = jnp.sum(jnp.sum(active) > jnp.array(capacities, jnp.int32))
+    return jax.lax.switch(fits, branches + [every_row])
 
   def cond(s):
     return ~jnp.all(s["done"])
@@ -269,16 +303,14 @@ def sample_from_cache(
     # Every active row has grown at every iteration so far: its newest token
     # sits in slot `index` (done rows compute garbage that is not kept).
     index = s["index"]
-    newest = jax.lax.dynamic_slice_in_dim(s["tokens"], index, 1, axis=1)
-    h, after = model.hidden(
-        newest, positions + index,
-        prefixed.replace(steps=s["steps"], step_start=index))
-    h = h[:, 0]
+    newest = jax.lax.dynamic_index_in_dim(s["tokens"], index, 1,
+                                          keepdims=False)
     active = ~s["done"]
+    h, logits, steps = decode(index, newest, active, s["steps"])
     last_hidden = jnp.where(active[:, None], h, s["last_hidden"])
-    ended = jnp.isin(newest[:, 0], end_ids) | (s["lengths"] >= max_len)
+    ended = jnp.isin(newest, end_ids) | (s["lengths"] >= max_len)
     grow = active & ~ended
-    nxt, logp = _sample_token(model.logits(h), keys, index + 1, config)
+    nxt, logp = _sample_token(logits, keys, index + 1, config)
     slot = jnp.minimum(s["lengths"], max_len - 1)
     rows = jnp.arange(batch)
     tokens = s["tokens"].at[rows, slot].set(
@@ -291,7 +323,7 @@ def sample_from_cache(
         done=s["done"] | ended,
         log_prob=s["log_prob"] + jnp.where(grow, logp, 0.0),
         last_hidden=last_hidden,
-        steps=after.steps,
+        steps=steps,
     )
 
   s = jax.lax.while_loop(cond, body, state)

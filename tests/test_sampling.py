@@ -175,7 +175,8 @@ def test_log_prob_is_the_sum_over_the_step_of_the_sampling_distribution(
 
 def test_sampler_config_rejects_bad_settings():
   for bad in [dict(top_p=0.0), dict(temperature=-1.0), dict(top_k=-2),
-              dict(max_step_len=2, answer_marker_ids=(1, 2, 3))]:
+              dict(max_step_len=2, answer_marker_ids=(1, 2, 3)),
+              dict(decode_buckets=0)]:
     with pytest.raises(ValueError, match=next(iter(bad))):
       sampling.SamplerConfig(**bad)
 
@@ -257,3 +258,31 @@ def test_inverse_cdf_falls_back_to_the_last_possible_token(monkeypatch):
   token = sampling._inverse_cdf_sample(jax.random.split(jax.random.key(0), 1),
                                        logits)
   assert int(token[0]) == 4
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_packing_the_rows_still_decoding_changes_no_sample(temperature):
+  """Decoding only the rows still going (packed into 1/4, 2/4 or 3/4 of the
+  batch) gives every row the step, log-prob, hidden state and step slots it
+  gets when all rows decode to the end."""
+  model = _model()
+  prefix, lengths = _prefixes()
+  keys = jax.random.split(jax.random.key(5), prefix.shape[0] * 3)
+  run = jax.jit(sampling.sample_step_with_model, static_argnums=(4, 5))
+  outs = {}
+  for buckets in (1, 4):
+    config = sampling.SamplerConfig(
+        max_step_len=10, temperature=temperature, stop_token_ids=STOPS,
+        eos_token_id=EOS, decode_buckets=buckets)
+    outs[buckets] = run(model, prefix, lengths, keys, config, 3)
+  (every, every_steps), (packed, packed_steps) = outs[1], outs[4]
+  # Steps of many lengths: most decode iterations ran packed.
+  assert len(set(np.asarray(every.lengths).tolist())) >= 3
+  np.testing.assert_array_equal(packed.tokens, every.tokens)
+  np.testing.assert_array_equal(packed.lengths, every.lengths)
+  np.testing.assert_allclose(packed.log_prob, every.log_prob, rtol=1e-5)
+  np.testing.assert_allclose(packed.last_hidden, every.last_hidden,
+                             atol=1e-5)
+  for a, b in zip(jax.tree.leaves(packed_steps), jax.tree.leaves(every_steps)):
+    for row, n in enumerate(np.asarray(every.lengths)):
+      np.testing.assert_allclose(a[row, :, :n], b[row, :, :n], atol=1e-5)

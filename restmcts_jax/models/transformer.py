@@ -100,10 +100,12 @@ class PrefixedCache:
       `prefix_lengths[i] + s`.
     step_start: scalar, the step slot of the first new token (every row
       writes the same slots).
-    token_rows, token_slots: set for packed tokens (`pack_rows`): the input
-      is then one sequence of C tokens, token c being continuation
-      `token_rows[c]`'s token at step slot `token_slots[c]` (rows past the
-      last continuation are padding); `step_start` must be 0.
+    token_rows, token_slots: set for packed tokens: the input is then one
+      sequence of C tokens, token c belonging to continuation `token_rows[c]`
+      (row indices past the last continuation are padding). With
+      `token_slots` (`pack_rows`), token c sits at step slot `token_slots[c]`
+      and `step_start` must be 0; without, each listed continuation gets one
+      token, at slot `step_start` (a decode step of the rows still going).
   """
 
   prefix: KVCache
@@ -314,10 +316,13 @@ class Attention(nnx.Module):
   def _attend_packed(self, q, k, v, kv: PrefixedCache):
     """`_attend_after_prefix` for packed tokens (`q [1, C, H, D]`,
     `k, v [1, K, C, D]`): attention runs in the continuations' padded layout
-    `[R * k, S]`, the projections and MLP on the packed tokens only."""
+    `[R * k, T]` (T = S, or 1 for a decode step), the projections and MLP on
+    the packed tokens only."""
     n, _, s, _ = kv.steps.k[0].shape
     rows, slots = kv.token_rows, kv.token_slots
-    def unpack(x):  # [C, ...] -> [R * k, S, ...]
+    if slots is None:  # one token per listed row, at slot `step_start`
+      s, slots = 1, jnp.zeros_like(rows)
+    def unpack(x):  # [C, ...] -> [R * k, T, ...]
       return jnp.zeros((n, s) + x.shape[1:], x.dtype).at[rows, slots].set(
           x, mode="drop")
     unpack_kv = lambda x: unpack(x[0].transpose(1, 0, 2)).transpose(0, 2, 1, 3)
