@@ -53,3 +53,19 @@ def test_presets_and_config_json_give_the_architecture(tmp_path):
   assert memory.model_config(str(tmp_path)).embed_dim == 32
   with pytest.raises(ValueError, match="--model=nowhere"):
     memory.model_config("nowhere")
+
+
+def test_search_buffers_split_over_tensor():
+  """The search's temporaries, per-node KV caches first, are split over the
+  kv heads (`mesh.tensor`), not replicated on every device of the block."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 simulated devices")
+  temporaries = {}
+  for tensor in (1, 2):
+    config = tiny.get_config()
+    config.mesh.tensor = tensor
+    config.search.num_iterations = 30  # 61 nodes: their caches dominate
+    [row] = memory.measure(config, memory.model_config("tiny"), ["collect"])
+    temporaries[tensor] = row.temporaries
+  assert memory.model_config("tiny").num_kv_heads % 2 == 0
+  assert temporaries[2] < 0.55 * temporaries[1]
