@@ -176,9 +176,8 @@ def measure(config, model: transformer_lib.TransformerConfig,
   longest = q_width + config.max_depth * config.sampler.max_step_len
   length = batching.bucket_length(longest, batching.DEFAULT_BUCKETS)
   batch = config.train.batch_size
-  if batch % config.mesh.fsdp:
-    raise ValueError(f"config.train.batch_size={batch} must be a multiple of "
-                     f"config.mesh.fsdp={config.mesh.fsdp}")
+  experiment.check_batch_split(config, config.mesh.fsdp,
+                               keys=("train.batch_size",))
   for call, what, loss_fn, example in (
       ("train_policy", policy, training_steps.sft_loss,
        training_steps.SFTBatch(tokens=np.zeros((batch, length), np.int32),

@@ -147,6 +147,19 @@ def check_config(config, workdir) -> None:
           "(use a new --workdir, or the saved value)")
 
 
+def check_batch_split(config, split: int,
+                      keys=("warmstart.batch_size", "train.batch_size")):
+  """Each of `keys` (training batch sizes) must divide over the `split`
+  devices a batch is sharded over (data x fsdp)."""
+  for key in keys:
+    section, name = key.split(".")
+    size = config[section][name]
+    if size % split:
+      raise ValueError(
+          f"config.{key}={size} is not a multiple of {split}, the data x fsdp "
+          "devices a batch is split over")
+
+
 def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
   """The config's HF checkpoint's tokenizer, the workdir's SentencePiece
   model, or a new one trained on the warm-start texts and the training

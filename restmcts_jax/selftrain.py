@@ -259,13 +259,8 @@ class _Loop:
     self.task = registry.get_task(config.task)
     self.data = experiment.load_data(config)
     self.mesh = distributed.mesh(config.mesh.fsdp, config.mesh.tensor)
-    batch_split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    for key in ("warmstart.batch_size", "train.batch_size"):
-      if config[key.split(".")[0]].batch_size % batch_split:
-        raise ValueError(
-            f"config.{key}={config[key.split('.')[0]].batch_size} is not a "
-            f"multiple of {batch_split}, the data x fsdp devices a batch is "
-            "split over")
+    experiment.check_batch_split(
+        config, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
     if distributed.is_main():  # trains the tokenizer if the workdir has none
       experiment.tokenizer_for(config, workdir, self.data)
     distributed.barrier("tokenizer")

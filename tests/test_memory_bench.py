@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from configs import tiny
+from restmcts_jax import experiment
 from restmcts_jax.models import transformer as tl
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "memory.py"
@@ -69,3 +70,13 @@ def test_search_buffers_split_over_tensor():
     temporaries[tensor] = row.temporaries
   assert memory.model_config("tiny").num_kv_heads % 2 == 0
   assert temporaries[2] < 0.55 * temporaries[1]
+
+
+def test_a_batch_that_does_not_split_over_the_block_names_the_key():
+  config = tiny.get_config()
+  config.mesh.fsdp, config.train.batch_size = 2, 3
+  with pytest.raises(ValueError, match=r"config\.train\.batch_size=3 .* 2"):
+    memory.measure(config, memory.model_config("tiny"), ["train_policy"])
+  config.warmstart.batch_size = 5
+  with pytest.raises(ValueError, match=r"config\.warmstart\.batch_size=5"):
+    experiment.check_batch_split(config, 2)
