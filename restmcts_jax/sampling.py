@@ -14,7 +14,9 @@ the model once more, so that
     a value head on the policy's backbone reads: no extra forward pass.
 
 Randomness comes from one key per row, folded with the token index, so a row's
-sample does not depend on which other rows share its batch.
+sample does not depend on which other rows share its batch (up to rounding:
+matmuls over different row counts, e.g. when finished rows are packed out of
+a decode step, may round differently on some backends).
 """
 
 import dataclasses

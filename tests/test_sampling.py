@@ -276,8 +276,12 @@ def test_packing_the_rows_still_decoding_changes_no_sample(temperature):
         eos_token_id=EOS, decode_buckets=buckets)
     outs[buckets] = run(model, prefix, lengths, keys, config, 3)
   (every, every_steps), (packed, packed_steps) = outs[1], outs[4]
-  # Steps of many lengths: most decode iterations ran packed.
-  assert len(set(np.asarray(every.lengths).tolist())) >= 3
+  # Rows still decoding at each iteration: some iterations ran packed (into
+  # 3, 6 or 9 of the 12 rows), sampled ones with padding too.
+  going = [int(np.sum(np.asarray(every.lengths) > j))
+           for j in range(int(every.lengths.max()))]
+  assert any(c <= 9 for c in going)
+  assert temperature == 0 or any(c < 12 and c % 3 for c in going)
   np.testing.assert_array_equal(packed.tokens, every.tokens)
   np.testing.assert_array_equal(packed.lengths, every.lengths)
   np.testing.assert_allclose(packed.log_prob, every.log_prob, rtol=1e-5)
