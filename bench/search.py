@@ -46,7 +46,8 @@ MODEL = transformer_lib.TransformerConfig(
 QUESTION_LEN = 16
 SEARCH = mcts_star.MCTSConfig(
     num_iterations=10, branch=3, roll_branch=1, roll_forward_steps=2,
-    max_depth=5, max_step_len=12, stop_at_end_gate=False)
+    max_depth=5, max_step_len=12, stop_at_end_gate=False,
+    random_ties=False)  # as the per-node driver: the same trees
 # A random model rarely emits a given token: 1 in 8 ids ends a step.
 SAMPLER = sampling.SamplerConfig(
     max_step_len=SEARCH.max_step_len, temperature=1.0,

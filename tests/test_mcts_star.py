@@ -202,3 +202,37 @@ def test_cached_search_at_the_tightest_context_widths(max_depth,
                                   getattr(recomputed.tree, name), name)
   np.testing.assert_allclose(cached.tree.value, recomputed.tree.value,
                              atol=1e-5)
+
+
+def test_equal_selection_scores_are_broken_at_random_by_the_questions_key():
+  """SPEC: ties broken at random. Three children of equal value: the one
+  expanded at iteration 2 is spread over all three across question keys
+  (always the same one without `random_ties`), and a key always picks the
+  same one."""
+  def policy_fn(prefix, lengths, keys, k):  # steps [1], [2], [3]
+    del lengths, keys
+    r = prefix.shape[0] * k
+    tokens = jnp.tile(jnp.arange(1, k + 1), prefix.shape[0])
+    return mcts_star.Proposals(
+        tokens=jnp.stack([tokens, jnp.zeros_like(tokens)], 1),
+        lengths=jnp.ones(r, jnp.int32), is_final=jnp.zeros(r, bool))
+  models = mcts_star.TokenModels(policy_fn, mcts_star.concat_value_fn(
+      lambda tokens, lengths: jnp.full(tokens.shape[:1], 0.5)))
+  q, ql = _questions([[7]] * 120)
+  keys = jax.random.split(jax.random.key(0), 120)
+  run = jax.jit(functools.partial(mcts_star.search, models),
+                static_argnames="config")
+  parents = {}
+  for random_ties in (True, False):
+    config = mcts_star.MCTSConfig(
+        num_iterations=2, branch=3, roll_forward_steps=0, max_depth=3,
+        max_step_len=2, stop_at_end_gate=False, random_ties=random_ties)
+    tree = run(q, ql, keys, config=config).tree
+    assert np.all(np.asarray(tree.num_nodes) == 7)
+    parents[random_ties] = np.asarray(tree.parent[:, 4])
+  assert len(set(parents[False].tolist())) == 1
+  counts = np.bincount(parents[True], minlength=4)[1:]
+  assert counts.sum() == 120 and counts.min() >= 25, counts
+  again = run(q[:10], ql[:10], keys[:10], config=config.__class__(
+      **{**config.__dict__, "random_ties": True})).tree
+  np.testing.assert_array_equal(again.parent[:, 4], parents[True][:10])

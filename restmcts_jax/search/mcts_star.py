@@ -66,6 +66,9 @@ class MCTSConfig:
       unfinished partial solution, so it scores 0 when values are flat).
     max_depth: deepest node (steps per solution); the reference has none.
     max_step_len: S, tokens per step.
+    random_ties: children with equal selection scores are chosen between at
+      random (SPEC), from the question's key; False: the first in slot order
+      (what `sequential.SequentialSearch` does).
   """
 
   num_iterations: int = 50
@@ -82,6 +85,7 @@ class MCTSConfig:
   prefer_final_answer: bool = False
   max_depth: int = 8
   max_step_len: int = 32
+  random_ties: bool = True
 
   @property
   def num_slots(self) -> int:
@@ -138,15 +142,22 @@ def _child_scores(t: tree_lib.Tree, node, config: MCTSConfig) -> Array:
   return jnp.where(kids != tree_lib.NO_CHILD, t.value[idx] + bonus, -jnp.inf)
 
 
-def _best_child(t: tree_lib.Tree, node, config: MCTSConfig) -> Array:
-  """The child to descend to (first one among equal scores)."""
-  return t.children[node, jnp.argmax(_child_scores(t, node, config))]
+def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key) -> Array:
+  """The child to descend to: the highest selection score, ties broken by
+  draws from `key` folded with `node` (see `MCTSConfig.random_ties`)."""
+  scores = _child_scores(t, node, config)
+  if not config.random_ties:
+    return t.children[node, jnp.argmax(scores)]
+  draws = jax.random.uniform(jax.random.fold_in(key, node), scores.shape)
+  top = scores == jnp.max(scores)
+  return t.children[node, jnp.argmax(jnp.where(top, draws, -1.0))]
 
 
-def _select(t: tree_lib.Tree, config: MCTSConfig) -> Array:
+def _select(t: tree_lib.Tree, config: MCTSConfig, key) -> Array:
   """Descends from the root to a node without children."""
   is_inner = lambda node: jnp.any(t.children[node] != tree_lib.NO_CHILD)
-  return jax.lax.while_loop(is_inner, lambda n: _best_child(t, n, config),
+  return jax.lax.while_loop(is_inner,
+                            lambda n: _best_child(t, n, config, key),
                             jnp.int32(tree_lib.ROOT_INDEX))
 
 
@@ -182,6 +193,10 @@ def append_steps(prefix: Array, lengths: Array, step: Array, step_len: Array):
   write = jax.vmap(lambda row, s, at: jax.lax.dynamic_update_slice(
       row, s, (at,)))
   return write(prefix, step, lengths), lengths + step_len
+
+
+# `_row_keys` phase of selection's tie-breaks (0 and up: expansion, rollouts).
+_TIE_PHASE = 2**31 - 1
 
 
 def _row_keys(keys: Array, iterations: Array, phase, count: int) -> Array:
@@ -313,11 +328,13 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
   return tree, memory, expandable, policy_tokens, value_tokens
 
 
-def _rollout(models, tree, memory, leaf, expanded, keys, iteration, config):
+def _rollout(models, tree, memory, leaf, expanded, keys, tie_keys, iteration,
+             config):
   """Phase 3 for every tree: returns (tree, policy and value token counts)."""
   b, d = tree.batch_size, config.roll_branch
   rows = jnp.arange(b)
-  best = jax.vmap(lambda t, n: _best_child(t, n, config))(tree, leaf)
+  best = jax.vmap(lambda t, n, key: _best_child(t, n, config, key))(
+      tree, leaf, tie_keys)
   best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
   rolling = expanded & ~tree.final[rows, best]
   # The last rollout step starts from max_depth + m - 1 steps at most (the
@@ -396,7 +413,8 @@ def search(
   def iteration(carry):
     s, memory = carry
     active = running(s)
-    leaf = jax.vmap(lambda t: _select(t, config))(s.tree)
+    tie_keys = _row_keys(keys, s.iterations, _TIE_PHASE, 1)
+    leaf = jax.vmap(lambda t, key: _select(t, config, key))(s.tree, tie_keys)
     value_at_leaf = s.tree.value[jnp.arange(b), leaf]
     gate = active & (leaf != tree_lib.ROOT_INDEX) & (
         value_at_leaf >= config.end_gate)
@@ -407,7 +425,7 @@ def search(
     tree, memory, expanded, p1, v1 = _expand(
         models, s.tree, memory, leaf, active, keys, s.iterations, config)
     tree, p2, v2 = _rollout(models, tree, memory, leaf, expanded, keys,
-                            s.iterations, config)
+                            tie_keys, s.iterations, config)
     tree = jax.vmap(_backup)(tree, leaf, active)
     return s.replace(
         tree=tree,
