@@ -294,9 +294,8 @@ def sample_from_cache(
           rows].set(x, mode="drop")
       return unpack(h[0]), unpack(model.logits(h[0])), after.steps
 
-    branches = [functools.partial(packed, c) for c in capacities]
-    fits = jnp.sum(jnp.sum(active) > jnp.array(capacities, jnp.int32))
-    return jax.lax.switch(fits, branches + [every_row])
+    return transformer_lib.run_packed(jnp.sum(active), capacities, packed,
+                                      every_row)
 
   def cond(s):
     return ~jnp.all(s["done"])

@@ -142,6 +142,15 @@ def pack_rows(lengths: Array, capacity: int) -> tuple[Array, Array]:
   return rows, jnp.where(padding, 0, token - starts)
 
 
+def run_packed(count: Array, capacities, packed, padded):
+  """`packed(c)` for the smallest capacity `c` in the ascending
+  `capacities` that holds `count` tokens, else `padded()` (`lax.switch`:
+  every branch is compiled, one runs)."""
+  branches = [functools.partial(packed, c) for c in capacities] + [padded]
+  index = jnp.sum(count > jnp.array(capacities, jnp.int32))
+  return jax.lax.switch(index, branches)
+
+
 def annotated_param(rngs, dtype, init, shape, names):
   """A parameter annotated with logical axis names.
 

@@ -7,7 +7,6 @@ backbone the sampler's `last_hidden` already holds `h_last` for every newly
 sampled step, so scoring a child costs no extra forward pass.
 """
 
-import functools
 import math
 
 import jax
@@ -120,9 +119,8 @@ class ValueModel(nnx.Module):
     # packed into the smallest of a few fixed capacities that holds them.
     capacities = sorted(c for c in {8 * math.ceil(n * s * f / 8)
                                     for f in (0.25, 0.5, 0.75)} if c < n * s)
-    branches = [functools.partial(packed, c) for c in capacities] + [padded]
-    index = jnp.sum(jnp.sum(step_lengths) > jnp.array(capacities, jnp.int32))
-    hidden, steps_cache = jax.lax.switch(index, branches)
+    hidden, steps_cache = transformer_lib.run_packed(
+        jnp.sum(step_lengths), capacities, packed, padded)
     return self.head(hidden), steps_cache
 
 
