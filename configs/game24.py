@@ -35,6 +35,7 @@ def get_config():
   config.mesh = ml_collections.ConfigDict(dict(fsdp=1, tensor=1))
   config.max_depth = 4  # 3 moves + the Answer line
 
+  # SentencePiece trains on the first `corpus_size` warm-start texts.
   config.tokenizer = ml_collections.ConfigDict(
       dict(vocab_size=400, corpus_size=4000))
   # compute_dtype "bfloat16" halves activations and KV caches (parameters and
@@ -44,11 +45,14 @@ def get_config():
       mlp_dim=768, hf_checkpoint="", compute_dtype="float32"))
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
-  # Policy SFT on format-only texts; value model on D_V0, the records
-  # inferred from `value_solutions` random legal solutions per puzzle.
+  # Policy SFT on `examples` format-only texts (Game of 24: steps x
+  # batch_size, so no text is seen twice); value model on D_V0, the records
+  # inferred from `value_solutions` random legal solutions per puzzle, each
+  # also finished by the solver wherever 24 is still in reach
+  # (`complete_value_solutions`: the tree's Eq. 1-2 labels are then exact).
   config.warmstart = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=32, learning_rate=3e-4, value_steps=400,
-      value_solutions=32))
+      steps=1500, batch_size=32, learning_rate=3e-4, examples=48000,
+      value_steps=800, value_solutions=32, complete_value_solutions=True))
   config.search = ml_collections.ConfigDict(dict(
       num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,

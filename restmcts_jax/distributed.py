@@ -148,7 +148,9 @@ def to_global(tree, shardings):
 
   def put(x, s):
     if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
-      return x
+      # Same layout; `device_put` only relabels it (a one-device array's
+      # `SingleDeviceSharding` becomes `s`, whose spec `to_search` reads).
+      return x if x.sharding == s else jax.device_put(x, s)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
   return jax.tree.map(put, tree, shardings)

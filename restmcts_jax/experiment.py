@@ -63,15 +63,17 @@ def load_data(config) -> Data:
 
   The value warm start (`D_V0`) sees, per training problem, random legal
   solutions (`config.warmstart.value_solutions` per Game of 24 puzzle; the
-  oracle labels them) or the reference solution."""
+  oracle labels them; with `config.warmstart.complete_value_solutions` each
+  is also finished by the solver wherever 24 is still in reach) or the
+  reference solution."""
   task = registry.get_task(config.task)
   if config.task == "game24":
     splits = game24.splits(seed=config.seed)
     to_problem = lambda p: registry.Problem(game24.question_text(p.numbers),
                                             p.numbers)
-    warmstart = game24.warmstart_corpus(splits.train,
-                                        config.tokenizer.corpus_size,
-                                        seed=config.seed)
+    warmstart = game24.warmstart_corpus(
+        splits.train, max(config.warmstart.examples,
+                          config.tokenizer.corpus_size), seed=config.seed)
     if config.eval.split not in ("test", "validation"):
       raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
                        "'test' or 'validation'")
@@ -79,7 +81,8 @@ def load_data(config) -> Data:
     # A format-only text's first line is its question.
     pairs = tuple((t.split("\n")[0] + "\n", t) for t in warmstart)
     samples = game24.random_solutions(
-        splits.train, config.warmstart.value_solutions, seed=config.seed)
+        splits.train, config.warmstart.value_solutions, seed=config.seed,
+        completed=config.warmstart.complete_value_solutions)
     return Data(tuple(map(to_problem, splits.train)),
                 tuple(map(to_problem, held_out)), pairs, tuple(samples))
   if config.eval.split != "test":
@@ -169,7 +172,9 @@ def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
   path = pathlib.Path(workdir) / TOKENIZER_FILE
   if path.is_file():
     return SentencePieceTokenizer.load(path)
-  texts = [t for _, t in data.warmstart] + [p.question for p in data.train]
+  # The first `corpus_size` warm-start texts are plenty to fit the pieces.
+  corpus = data.warmstart[:config.tokenizer.corpus_size]
+  texts = [t for _, t in corpus] + [p.question for p in data.train]
   return SentencePieceTokenizer.train(texts, path.with_suffix(""),
                                       vocab_size=config.tokenizer.vocab_size)
 

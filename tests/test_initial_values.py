@@ -122,3 +122,42 @@ def test_game24_random_solutions_reach_24_sometimes_and_give_records():
 def test_game24_random_solutions_refuse_test_puzzles():
   with pytest.raises(ValueError, match="test puzzles"):
     game24.random_solutions(game24.splits().test[:1], 2, seed=0)
+
+
+def test_game24_completed_solutions_give_the_exact_values():
+  """Random solutions completed by the solver wherever 24 is still in reach:
+  the tree-inferred label of every node is then exact (Eq. 1-2 with the true
+  reasoning distance): `k / 4` at depth k iff 24 can still be made with
+  integer steps from the numbers left, less otherwise."""
+  puzzles = game24.splits().train[::40][:24]
+  solutions = game24.random_solutions(puzzles, 8, seed=1, completed=True)
+  assert solutions == game24.random_solutions(puzzles, 8, seed=1,
+                                              completed=True)
+  plain = game24.random_solutions(puzzles, 8, seed=1)
+  assert sum(map(len, solutions)) > sum(map(len, plain))
+  questions = [game24.question_text(p.numbers) for p in puzzles]
+  for q, p, sols in zip(questions, puzzles, solutions):
+    assert any(game24.verify(p.numbers, q + s) for s in sols)
+  records = _records(questions, solutions, [p.numbers for p in puzzles],
+                     lambda text, numbers: game24.verify(numbers, text),
+                     question_width=32, max_step_len=64)
+  on_path = off_path = 0
+  for text, target in records.items():
+    question, *lines = text.strip("\n").split("\n")
+    numbers = list(map(int, question.split()[1:5]))
+    depth = len(lines)
+    if lines[-1].startswith(game24.ANSWER_MARKER):
+      reachable = game24.verify(numbers, text)
+    else:
+      left = numbers
+      for line in lines:
+        left = game24.check_step(left, line)
+      reachable = game24.solve(left) is not None if len(left) > 1 else (
+          left == [game24.TARGET])
+    if reachable:
+      assert target == pytest.approx(depth / 4), text
+      on_path += 1
+    else:
+      assert target < depth / 4 - 1e-6, text
+      off_path += 1
+  assert on_path > 50 and off_path > 50

@@ -255,31 +255,65 @@ def solve(numbers: Sequence[int]) -> list[str] | None:
     integer (that includes a few solvable puzzles, e.g. 3 3 8 8 = 8 / (3 - 8/3)).
   """
 
-  def search(state):
-    if len(state) == 1:
-      value, expression = state[0]
-      return [_answer_line(expression, value)] if value == TARGET else None
-    for (a, op, b, c), child in _moves(state):
-      tail = search(child)
-      if tail is not None:
-        return [_step_line(a, op, b, c, child)] + tail
-    return None
+  lines = _finish(tuple((n, str(n)) for n in numbers))
+  return None if lines is None else list(lines)
 
-  return search([(n, str(n)) for n in numbers])
+
+@functools.lru_cache(maxsize=4096)
+def _finish(state: tuple[tuple[int, str], ...]) -> list[str] | None:
+  """The lines that win from `state` (value, expression pairs), or None.
+  Cached: `completed_solutions` finishes from each puzzle's start often."""
+  if len(state) == 1:
+    value, expression = state[0]
+    return [_answer_line(expression, value)] if value == TARGET else None
+  for (a, op, b, c), child in _moves(state):
+    tail = _finish(tuple(child))
+    if tail is not None:
+      return [_step_line(a, op, b, c, child)] + tail
+  return None
+
+
+def _random_states(numbers: Sequence[int], rng: random.Random):
+  """Three random legal moves: the step lines and the state after each."""
+  state = [(n, str(n)) for n in numbers]
+  steps, states = [], [state]
+  while len(state) > 1:
+    moves = [m for m in _moves(state) if m[0][3] >= 0]
+    (a, op, b, c), state = rng.choice(moves)
+    steps.append(_step_line(a, op, b, c, state))
+    states.append(state)
+  return steps, states
 
 
 def random_solution(numbers: Sequence[int], rng: random.Random) -> list[str]:
   """Three random legal steps and the `Answer:` line of the expression they
   built, with its true value (rarely 24): what a policy that knows the
   syntax but not how to win writes."""
-  state = [(n, str(n)) for n in numbers]
-  steps = []
-  while len(state) > 1:
-    moves = [m for m in _moves(state) if m[0][3] >= 0]
-    (a, op, b, c), state = rng.choice(moves)
-    steps.append(_step_line(a, op, b, c, state))
-  value, expression = state[0]
+  steps, states = _random_states(numbers, rng)
+  value, expression = states[-1][0]
   return steps + [_answer_line(expression, value)]
+
+
+def completed_solutions(numbers: Sequence[int], rng: random.Random
+                        ) -> list[list[str]]:
+  """A `random_solution` and, after each of its first moves from which 24 can
+  still be made with integer steps, its first steps followed by a winning
+  finish (`solve` from there).
+
+  Grown into one tree, these give every node on the random path a correct
+  descendant whenever one exists, so the tree's inferred `m_k` and `r_k`
+  (SPEC Eq. 1-2) are the exact reasoning distance and reachability.
+  """
+  steps, states = _random_states(numbers, rng)
+  value, expression = states[-1][0]
+  out = [steps + [_answer_line(expression, value)]]
+  for k in range(len(steps)):
+    if not is_solvable([v for v, _ in states[k]]):  # cached; skips most
+      continue
+    finish = _finish(tuple(states[k]))
+    if finish is not None and steps[:k] + finish not in out:
+      out.append(steps[:k] + finish)
+  return out
 
 
 def _check_not_test(puzzles: Sequence[Puzzle]) -> None:
@@ -311,17 +345,23 @@ def warmstart_corpus(puzzles: Iterable[Puzzle], num_examples: int,
 
 
 def random_solutions(puzzles: Sequence[Puzzle], per_puzzle: int,
-                     seed: int) -> list[tuple[str, ...]]:
+                     seed: int, *, completed: bool = False
+                     ) -> list[tuple[str, ...]]:
   """`per_puzzle` `random_solution` texts (steps after the question) of each
-  puzzle: the warm-start samples the initial value model learns from.
+  puzzle: the warm-start samples the initial value model learns from. With
+  `completed`, each comes with its `completed_solutions`.
 
   Raises:
     ValueError: if a puzzle is one of the test puzzles.
   """
   _check_not_test(puzzles)
   rng = random.Random(seed)
-  return [tuple("".join(line + "\n" for line in random_solution(p.numbers,
-                                                                 rng))
+  text = lambda lines: "".join(line + "\n" for line in lines)
+  if completed:
+    return [tuple(text(lines) for _ in range(per_puzzle)
+                  for lines in completed_solutions(p.numbers, rng))
+            for p in puzzles]
+  return [tuple(text(random_solution(p.numbers, rng))
                 for _ in range(per_puzzle)) for p in puzzles]
 
 
