@@ -306,6 +306,7 @@ def test_a_problems_solution_does_not_depend_on_the_others(untrained,
   assert first.solutions[:2] == second.solutions[:2]
 
 
+@pytest.mark.slow
 def test_evaluating_in_batches_gives_the_same_results(memorized, untrained,
                                                       context):
   """Batches of 2 (the last one padded) against all problems at once, for

@@ -49,6 +49,7 @@ def test_parameters_stay_sharded_through_training(tmp_path):
   assert min(map(_shard_fraction, searched)) == 0.25
 
 
+@pytest.mark.slow
 def test_sharded_run_matches_replicated(tmp_path):
   """Both models train on what the search found, and every metric matches
   (losses to float tolerance: the reductions are split differently)."""
@@ -125,6 +126,7 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
   assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_runs_the_loop_on_float32_parameters(tmp_path):
   """`model.compute_dtype=bfloat16`: both models compute (and search with KV
   caches) in bf16, parameters and AdamW stay f32; the run finds and trains on

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests import sums_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ def _metrics(workdir):
           (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   data = sums_task.write_data(tmp_path / "sums.jsonl")
   single = _main(tmp_path / "one_process", _env(tmp_path, 2), data)
