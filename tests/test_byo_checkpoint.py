@@ -92,6 +92,7 @@ def _tiny_config(folder, data):
   return config
 
 
+@pytest.mark.slow
 def test_self_training_from_an_hf_checkpoint(tmp_path, data):
   folder = _checkpoint(tmp_path / "qwen2", data, vocab_size=512)
   assert load_tokenizer(folder).step_delimiter_ids()

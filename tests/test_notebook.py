@@ -25,6 +25,7 @@ def test_quickstart_notebook_is_saved_without_outputs():
           f"cell {cell['id']} has outputs: save the notebook cleared")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   nbformat = pytest.importorskip(
       "nbformat", reason="the notebook test needs nbformat (the test extra)")
