@@ -116,7 +116,7 @@ def evaluate_checkpoint(workdir, *, task_name: str | None, data: str | None,
   if data is not None or task.name != config.task:
     problems = task.load(data)
   else:
-    problems = experiment.load_data(config).test
+    problems = experiment.load_data(config, warm_start=False).test
   problems = problems[:num_problems or None]
   config.task = task.name  # its answer marker ends a solution
   iteration = meta["metrics"][-1]["iteration"] if meta["metrics"] else 0

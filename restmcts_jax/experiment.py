@@ -54,7 +54,7 @@ class Data:
   value_warmstart: tuple[tuple[str, ...], ...]
 
 
-def load_data(config) -> Data:
+def load_data(config, *, warm_start: bool = True) -> Data:
   """Game of 24: the bundled split (test = Tree-of-Thoughts ranks 901–1000;
   `config.eval.split="validation"` evaluates on the validation puzzles, the
   ones to tune on) and format-only warm-start texts. Other tasks:
@@ -65,19 +65,23 @@ def load_data(config) -> Data:
   solutions (`config.warmstart.value_solutions` per Game of 24 puzzle; the
   oracle labels them; with `config.warmstart.complete_value_solutions` each
   is also finished by the solver wherever 24 is still in reach) or the
-  reference solution."""
+  reference solution. Without `warm_start` (evaluating a checkpoint), Game
+  of 24 generates neither (they take seconds)."""
   task = registry.get_task(config.task)
   if config.task == "game24":
     splits = game24.splits(seed=config.seed)
     to_problem = lambda p: registry.Problem(game24.question_text(p.numbers),
                                             p.numbers)
-    warmstart = game24.warmstart_corpus(
-        splits.train, max(config.warmstart.examples,
-                          config.tokenizer.corpus_size), seed=config.seed)
     if config.eval.split not in ("test", "validation"):
       raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
                        "'test' or 'validation'")
     held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
+    if not warm_start:
+      return Data(tuple(map(to_problem, splits.train)),
+                  tuple(map(to_problem, held_out)), (), ())
+    warmstart = game24.warmstart_corpus(
+        splits.train, max(config.warmstart.examples,
+                          config.tokenizer.corpus_size), seed=config.seed)
     # A format-only text's first line is its question.
     pairs = tuple((t.split("\n")[0] + "\n", t) for t in warmstart)
     samples = game24.random_solutions(
