@@ -13,7 +13,8 @@ solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
 cores the warm start takes ~17 min (policy ~10.5, value ~6) and an iteration
-~4-6 min (search ~1, training ~2.5, evaluation of the five methods ~2.5).
+~5-7 min (search ~1, training ~3, evaluation of the five methods ~2.5-3;
+measured partly sharing the cores), the last one ~6 min more (budget sweep).
 """
 
 import ml_collections
@@ -45,7 +46,8 @@ def get_config():
       mlp_dim=768, hf_checkpoint="", compute_dtype="float32"))
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
-  # Policy SFT on `examples` format-only texts (Game of 24: steps x
+  # Policy SFT on `examples` format-only texts (at least the tokenizer's
+  # `corpus_size`; Game of 24: steps x
   # batch_size, so no text is seen twice); value model on D_V0, the records
   # inferred from `value_solutions` random legal solutions per puzzle, each
   # also finished by the solver wherever 24 is still in reach

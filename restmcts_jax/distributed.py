@@ -142,7 +142,7 @@ def search_mesh(global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
 def to_global(tree, shardings):
   """Host or process-local arrays -> global arrays with `shardings` (a tree
   of shardings matching `tree`, or one for all). Every process must pass the
-  same values. Arrays already laid out as asked are kept as they are."""
+  same values. Arrays already laid out as asked keep their buffers."""
   if isinstance(shardings, jax.sharding.Sharding):
     shardings = jax.tree.map(lambda _: shardings, tree)
 

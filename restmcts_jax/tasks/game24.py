@@ -296,9 +296,9 @@ def random_solution(numbers: Sequence[int], rng: random.Random) -> list[str]:
 
 def completed_solutions(numbers: Sequence[int], rng: random.Random
                         ) -> list[list[str]]:
-  """A `random_solution` and, after each of its first moves from which 24 can
-  still be made with integer steps, its first steps followed by a winning
-  finish (`solve` from there).
+  """A `random_solution` and, from each of its states before the last move
+  (the four numbers included) from which 24 can still be made with integer
+  steps, its steps so far followed by a winning finish (`solve` from there).
 
   Grown into one tree, these give every node on the random path a correct
   descendant whenever one exists, so the tree's inferred `m_k` and `r_k`
