@@ -47,11 +47,11 @@ def get_config():
   config.sampler = ml_collections.ConfigDict(
       dict(temperature=0.7, top_k=0, top_p=1.0, max_step_len=24))
   # Policy SFT on `examples` format-only texts (at least the tokenizer's
-  # `corpus_size`; Game of 24: steps x
-  # batch_size, so no text is seen twice); value model on D_V0, the records
-  # inferred from `value_solutions` random legal solutions per puzzle, each
-  # also finished by the solver wherever 24 is still in reach
-  # (`complete_value_solutions`: the tree's Eq. 1-2 labels are then exact).
+  # `corpus_size`; steps x batch_size, so no text is seen twice); value
+  # model on D_V0, the records inferred from `value_solutions` random legal
+  # solutions per puzzle, each also finished by the solver wherever 24 is
+  # still in reach (`complete_value_solutions`: the tree's Eq. 1-2 labels
+  # are then exact).
   config.warmstart = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=32, learning_rate=3e-4, examples=48000,
       value_steps=800, value_solutions=32, complete_value_solutions=True))

@@ -76,9 +76,10 @@ def load_data(config, *, warm_start: bool = True) -> Data:
       raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
                        "'test' or 'validation'")
     held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
+    train = tuple(map(to_problem, splits.train))
+    test = tuple(map(to_problem, held_out))
     if not warm_start:
-      return Data(tuple(map(to_problem, splits.train)),
-                  tuple(map(to_problem, held_out)), (), ())
+      return Data(train, test, (), ())
     warmstart = game24.warmstart_corpus(
         splits.train, max(config.warmstart.examples,
                           config.tokenizer.corpus_size), seed=config.seed)
@@ -87,8 +88,7 @@ def load_data(config, *, warm_start: bool = True) -> Data:
     samples = game24.random_solutions(
         splits.train, config.warmstart.value_solutions, seed=config.seed,
         completed=config.warmstart.complete_value_solutions)
-    return Data(tuple(map(to_problem, splits.train)),
-                tuple(map(to_problem, held_out)), pairs, tuple(samples))
+    return Data(train, test, pairs, tuple(samples))
   if config.eval.split != "test":
     raise ValueError(f"config.eval.split={config.eval.split!r}: task "
                      f"{config.task!r} evaluates on config.data.test; point "

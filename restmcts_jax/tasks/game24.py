@@ -260,38 +260,38 @@ def solve(numbers: Sequence[int]) -> list[str] | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _finish(state: tuple[tuple[int, str], ...]) -> list[str] | None:
+def _finish(state: tuple[tuple[int, str], ...]) -> tuple[str, ...] | None:
   """The lines that win from `state` (value, expression pairs), or None.
-  Cached: `completed_solutions` finishes from each puzzle's start often."""
+  Cached (hence tuples): `completed_solutions` finishes from each puzzle's
+  start often."""
   if len(state) == 1:
     value, expression = state[0]
-    return [_answer_line(expression, value)] if value == TARGET else None
+    return (_answer_line(expression, value),) if value == TARGET else None
   for (a, op, b, c), child in _moves(state):
     tail = _finish(tuple(child))
     if tail is not None:
-      return [_step_line(a, op, b, c, child)] + tail
+      return (_step_line(a, op, b, c, child),) + tail
   return None
 
 
-def _random_states(numbers: Sequence[int], rng: random.Random):
-  """Three random legal moves: the step lines and the state after each."""
+def _random_play(numbers: Sequence[int], rng: random.Random):
+  """`(random_solution lines, the states before and after each move)`."""
   state = [(n, str(n)) for n in numbers]
-  steps, states = [], [state]
+  lines, states = [], [state]
   while len(state) > 1:
     moves = [m for m in _moves(state) if m[0][3] >= 0]
     (a, op, b, c), state = rng.choice(moves)
-    steps.append(_step_line(a, op, b, c, state))
+    lines.append(_step_line(a, op, b, c, state))
     states.append(state)
-  return steps, states
+  value, expression = state[0]
+  return lines + [_answer_line(expression, value)], states
 
 
 def random_solution(numbers: Sequence[int], rng: random.Random) -> list[str]:
   """Three random legal steps and the `Answer:` line of the expression they
   built, with its true value (rarely 24): what a policy that knows the
   syntax but not how to win writes."""
-  steps, states = _random_states(numbers, rng)
-  value, expression = states[-1][0]
-  return steps + [_answer_line(expression, value)]
+  return _random_play(numbers, rng)[0]
 
 
 def completed_solutions(numbers: Sequence[int], rng: random.Random
@@ -304,15 +304,14 @@ def completed_solutions(numbers: Sequence[int], rng: random.Random
   descendant whenever one exists, so the tree's inferred `m_k` and `r_k`
   (SPEC Eq. 1-2) are the exact reasoning distance and reachability.
   """
-  steps, states = _random_states(numbers, rng)
-  value, expression = states[-1][0]
-  out = [steps + [_answer_line(expression, value)]]
-  for k in range(len(steps)):
-    if not is_solvable([v for v, _ in states[k]]):  # cached; skips most
+  lines, states = _random_play(numbers, rng)
+  out = [lines]
+  for k, state in enumerate(states[:-1]):
+    if not is_solvable([v for v, _ in state]):  # cached; skips most
       continue
-    finish = _finish(tuple(states[k]))
-    if finish is not None and steps[:k] + finish not in out:
-      out.append(steps[:k] + finish)
+    finish = _finish(tuple(state))
+    if finish is not None and lines[:k] + list(finish) not in out:
+      out.append(lines[:k] + list(finish))
   return out
 
 
