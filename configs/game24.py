@@ -62,7 +62,7 @@ def get_config():
   config.search_questions = 128  # training questions searched per iteration
   config.search_batch = 64  # questions per batched search call
   config.train = ml_collections.ConfigDict(dict(
-      policy_steps=100, value_steps=100, batch_size=32, learning_rate=5e-5,
+      policy_steps=100, value_steps=50, batch_size=32, learning_rate=5e-5,
       traces_per_question=2, min_reward=0.0, replay=0.5))
   # ReST-EM: solutions sampled per training question (6 x ~50 tokens: about
   # the policy tokens MCTS* spends per question).
@@ -72,6 +72,6 @@ def get_config():
   # Tune on split="validation" (100 puzzles outside the test ranks).
   config.eval = ml_collections.ConfigDict(dict(
       num_test=100, split="test", methods="greedy,sc,bon,tot,mcts",
-      budget=4, budgets="1,2,4,8", mcts_iterations=64, tot_branch=2,
+      budget=4, budgets="2,4,8", mcts_iterations=32, tot_branch=2,
       batch_size=0))  # problems per batched call; 0: all at once
   return config

@@ -133,9 +133,11 @@ def _main_checkpoint():
   results = evaluate_checkpoint(
       _CHECKPOINT.value, task_name=_TASK.value, data=_DATA.value,
       methods=methods, budget=_BUDGET.value, num_problems=_NUM_PROBLEMS.value)
-  print(_table(("method", "samples", "accuracy", "policy tokens/q",
-                "value tokens/q"),
+  print(_table(("method", "samples", "accuracy", "samples correct",
+                "policy tokens/q", "value tokens/q"),
                [(r.method, r.samples, f"{r.accuracy:.3f}",
+                 "-" if r.sample_accuracy is None
+                 else f"{r.sample_accuracy:.3f}",
                  f"{r.policy_tokens:.1f}", f"{r.value_tokens:.1f}")
                 for r in results]))
   for r in results:

@@ -47,7 +47,13 @@ class MethodResult:
     value_tokens: mean tokens scored by the value model per problem.
     solutions: the chosen solution text per problem (this process's).
     per_problem: `correct`, `policy_tokens` and `value_tokens` arrays, one
-      entry per problem; the means above are taken over them.
+      entry per problem; the means above are taken over them. Methods that
+      sample N solutions (SC, Best-of-N) add `correct_samples`, how many of
+      a problem's N the verifier accepts.
+    sample_accuracy: for SC and Best-of-N, the share of all sampled solutions
+      that are correct: the policy's pass@1 at its sampling temperature,
+      from N times more samples than one-per-problem accuracy (None for
+      the other methods).
   """
 
   method: str
@@ -57,20 +63,26 @@ class MethodResult:
   value_tokens: float
   solutions: tuple[str, ...]
   per_problem: dict = dataclasses.field(repr=False)
+  sample_accuracy: float | None = None
 
   @classmethod
   def from_problems(cls, method, samples, per_problem, solutions
                     ) -> "MethodResult":
+    sample_accuracy = (float(np.mean(per_problem["correct_samples"]) / samples)
+                       if "correct_samples" in per_problem else None)
     return cls(method, samples, float(np.mean(per_problem["correct"])),
                float(np.mean(per_problem["policy_tokens"])),
                float(np.mean(per_problem["value_tokens"])), tuple(solutions),
-               per_problem)
+               per_problem, sample_accuracy)
 
   def row(self) -> dict:
     """The numbers (a metrics row)."""
-    return dict(method=self.method, samples=self.samples,
-                accuracy=self.accuracy, policy_tokens=self.policy_tokens,
-                value_tokens=self.value_tokens)
+    row = dict(method=self.method, samples=self.samples,
+               accuracy=self.accuracy, policy_tokens=self.policy_tokens,
+               value_tokens=self.value_tokens)
+    if self.sample_accuracy is not None:
+      row["sample_accuracy"] = self.sample_accuracy
+    return row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +94,7 @@ class EvalContext:
     task: extracts answers (SC) and grades solutions.
     sampler_config: how the policy samples a step (greedy uses temperature 0).
     search_config: MCTS* settings; `num_iterations` caps the search and
-      `token_budget` is set per budget.
+      the token budget is passed per budget.
     max_depth: steps per solution.
     question_width: tokens of a question row.
     tot_branch: b, samples per beam entry and step in ToT-BFS.
@@ -160,15 +172,23 @@ def _texts(tokenizer, tokens, lengths, rows) -> list[str]:
   return [tokenizer.decode(tokens[r, :lengths[r]].tolist()) for r in rows]
 
 
+def _correct(context, problems, texts) -> np.ndarray:
+  """`[len(texts)]` int32 verdicts; text `i` answers problem
+  `i * len(problems) // len(texts)` (samples of a problem are adjacent)."""
+  per = len(texts) // max(len(problems), 1)
+  return np.asarray([context.task.is_correct(t, problems[i // per].reference)
+                     for i, t in enumerate(texts)], np.int32)
+
+
 def _result(method, samples, context, problems, texts, policy_tokens,
-            value_tokens) -> MethodResult:
-  correct = [context.task.is_correct(t, p.reference)
-             for t, p in zip(texts, problems)]
+            value_tokens, correct_samples=None) -> MethodResult:
   # int32: exact through a multi-process gather (64-bit values travel as
   # 32-bit ones without jax_enable_x64).
-  per_problem = dict(correct=np.asarray(correct, np.int32),
+  per_problem = dict(correct=_correct(context, problems, texts),
                      policy_tokens=np.asarray(policy_tokens, np.int32),
                      value_tokens=np.asarray(value_tokens, np.int32))
+  if correct_samples is not None:
+    per_problem["correct_samples"] = correct_samples
   return MethodResult.from_problems(method, samples, per_problem, texts)
 
 
@@ -226,13 +246,17 @@ def run_method(method: str, samples: int, models, context: EvalContext,
         graphdef, state, tokens, lengths, keys, sampler_config=config,
         num_samples=n, score=method == "bon", **common))
     texts = _texts(tok, out.tokens, out.lengths, range(len(out.lengths)))
+    correct_samples = None
+    if method != "greedy":
+      correct_samples = _correct(context, problems, texts).reshape(
+          len(problems), n).sum(axis=1, dtype=np.int32)
     if method == "sc":
       texts = _majority_texts(context.task, texts, n)
     elif method == "bon":
       texts = _texts(tok, out.tokens, out.lengths,
                      jax.device_get(baselines.best_of_n(out, n)))
     return _result(method, n, context, problems, texts, out.policy_tokens,
-                   out.value_tokens), None
+                   out.value_tokens, correct_samples), None
   if method == "tot":
     beam = max(1, samples // context.tot_branch)
     beams, answer = jax.device_get(_tot(
@@ -242,12 +266,12 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     texts = _texts(tok, beams.tokens, beams.lengths, answer)
     return _result(method, samples, context, problems, texts,
                    beams.policy_tokens, beams.value_tokens), None
-  search_config = dataclasses.replace(
-      context.search_config, stop_at_end_gate=True,
-      token_budget=max(1, round(samples * greedy_tokens)))
+  # The budget is traced: one compiled search for every budget and iteration.
+  search_config = dataclasses.replace(context.search_config,
+                                      stop_at_end_gate=True, token_budget=0)
   result = jax.device_get(mcts_star.search_lm(
       graphdef, state, tokens, lengths, keys, context.sampler_config,
-      search_config))
+      search_config, token_budget=max(1, round(samples * greedy_tokens))))
   answer = np.zeros(result.tree.parent.shape, bool)
   answer[np.arange(len(problems)), result.answer_node] = True
   rows, row_len, _ = tree_lib.prefix_rows(result.tree, answer,

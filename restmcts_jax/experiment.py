@@ -15,6 +15,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
+from absl import logging
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -132,7 +133,7 @@ def check_config(config, workdir) -> None:
         f"no {path}: with several processes, the workdir must be one folder "
         "that every process sees")
   current = json.loads(config.to_json())
-  saved = json.loads(path.read_text())
+  saved = json.loads(load_config(workdir).to_json())
 
   def flat(d, prefix=""):
     out = {}
@@ -308,7 +309,23 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"no {CONFIG_FILE} in {workdir}: not a workdir of "
         "`python -m restmcts_jax.main`")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  for key, value in _backfill(config).items():
+    section, name = key.split(".")
+    if section in config and name not in config[section]:
+      logging.info("%s predates config key %s: using %r, what such runs did",
+                   path, key, value)
+      with config.unlocked():
+        config[section][name] = value
+  return config
+
+
+def _backfill(config) -> dict:
+  """Keys newer than some saved configs, with the value that reproduces what
+  a run written before the key existed did."""
+  return {"model.compute_dtype": "float32", "eval.batch_size": 0,
+          "warmstart.examples": config.tokenizer.get("corpus_size", 0),
+          "warmstart.complete_value_solutions": False}
 
 
 

@@ -28,14 +28,17 @@ def _save(fig, path) -> pathlib.Path:
 def accuracy_per_iteration(metrics: Sequence[dict], path, *,
                            title: str = "") -> pathlib.Path:
   """Accuracy of each method (at the main budget) per self-training
-  iteration, from metrics rows with `iteration` and `accuracy_<method>`."""
+  iteration, from metrics rows with `iteration` and `accuracy_<method>`;
+  dashed, the share of Self-Consistency's samples that are correct
+  (`sample_accuracy_sc`: the sampling policy's pass@1)."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  for method, label in METHOD_LABELS.items():
-    points = [(m["iteration"], m[f"accuracy_{method}"]) for m in metrics
-              if f"accuracy_{method}" in m]
+  lines = [(f"accuracy_{m}", label, "-") for m, label in METHOD_LABELS.items()]
+  lines.append(("sample_accuracy_sc", "policy samples (pass@1)", "--"))
+  for key, label, style in lines:
+    points = [(m["iteration"], m[key]) for m in metrics if key in m]
     if points:
       xs, ys = zip(*points)
-      ax.plot(xs, ys, marker="o", label=label)
+      ax.plot(xs, ys, style, marker="o", label=label)
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("self-training iteration (0 = warm start)")
   ax.set_ylabel("test accuracy")

@@ -570,6 +570,8 @@ class _Loop:
       if r.samples == (1 if r.method == "greedy" else config.eval.budget):
         row[f"accuracy_{r.method}"] = r.accuracy
         row[f"tokens_{r.method}"] = r.policy_tokens
+        if r.sample_accuracy is not None:
+          row[f"sample_accuracy_{r.method}"] = r.sample_accuracy
     meta["metrics"].append(row)
     meta["current"] = {}
     return state, buffers

@@ -170,7 +170,10 @@ def test_the_verifier_only_grades(untrained, context, greedy_tokens):
     wrong, _ = _run(method, untrained, with_verdict(False), greedy_tokens)
     assert (right.accuracy, wrong.accuracy) == (1.0, 0.0)
     assert right.solutions == wrong.solutions, method
-    assert right.row() | dict(accuracy=0.0) == wrong.row(), method
+    grades = dict(accuracy=0.0)  # all that the verdict may change
+    if right.sample_accuracy is not None:
+      grades.update(sample_accuracy=0.0)
+    assert right.row() | grades == wrong.row(), method
 
 
 def test_majority_vote_picks_a_solution_with_the_winning_answer():
@@ -214,6 +217,19 @@ def test_sampled_methods_report_their_samples_tokens(untrained, context,
       assert text in texts[q * BUDGET:(q + 1) * BUDGET]
   assert sc.value_tokens == 0.0
   assert bon.value_tokens == pytest.approx(scored.sum(1).mean())
+  # sample_accuracy counts every sample: with a grader that accepts texts of
+  # even length, it is the share of even-length samples.
+  even = dataclasses.replace(context, task=dataclasses.replace(
+      TASK, is_correct=lambda text, reference: len(text) % 2 == 0))
+  expected = np.mean([len(t) % 2 == 0 for t in texts])
+  assert 0 < expected < 1
+  for method in ("sc", "bon"):
+    result, _ = _run(method, untrained, even, greedy_tokens)
+    assert result.sample_accuracy == pytest.approx(expected), method
+    assert result.row()["sample_accuracy"] == result.sample_accuracy
+  greedy, _ = _run("greedy", untrained, even, greedy_tokens)
+  assert greedy.sample_accuracy is None
+  assert "sample_accuracy" not in greedy.row()
 
 
 def test_greedy_reports_the_mean_generated_length(memorized, context,

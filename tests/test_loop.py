@@ -82,10 +82,14 @@ def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
   assert [m["iteration"] for m in metrics] == [0, 1]
   for method in evaluation.METHODS:
     assert 0 <= metrics[1][f"accuracy_{method}"] <= 1
+  for method in ("sc", "bon"):  # the share of their samples that are correct
+    assert 0 <= metrics[1][f"sample_accuracy_{method}"] <= 1
   rows = [json.loads(l) for l in
           (finished / "eval.jsonl").read_text().splitlines()]
   assert {(r["iteration"], r["method"]) for r in rows} == {
       (i, m) for i in (0, 1) for m in evaluation.METHODS}
+  assert all(("sample_accuracy" in r) == (r["method"] in ("sc", "bon"))
+             for r in rows)
   for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
     assert (finished / "plots" / name).read_bytes()[:4] == b"\x89PNG"
   page = (finished / "trees" / "iteration_1" / "search_0.html").read_text()
@@ -134,6 +138,26 @@ def test_evaluate_checkpoint_prints_one_result_per_method(finished):
   last = _metrics(finished)[-1]
   assert results[0].accuracy == last["accuracy_greedy"]
   assert results[0].policy_tokens == last["tokens_greedy"]
+
+
+def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
+                                                                    tmp):
+  workdir = _copy(finished, tmp, "older")
+  path = workdir / "config.json"
+  saved = json.loads(path.read_text())
+  for section, key in [("model", "compute_dtype"), ("eval", "batch_size"),
+                       ("warmstart", "examples"),
+                       ("warmstart", "complete_value_solutions")]:
+    del saved[section][key]
+  path.write_text(json.dumps(saved))
+  # Filled in with what runs did before the keys existed.
+  results = evaluate.evaluate_checkpoint(
+      workdir, task_name=None, data=None, methods=("greedy",), budget=1)
+  assert results[0].accuracy == _metrics(finished)[-1]["accuracy_greedy"]
+  with pytest.raises(ValueError, match=(
+      "config key warmstart.complete_value_solutions is True but .* says "
+      "False")):
+    selftrain.run(_config(), workdir)
 
 
 def test_evaluate_cli_names_a_missing_checkpoint_folder(tmp):

@@ -129,6 +129,22 @@ def test_token_budget_stops_a_question():
   assert np.all(np.asarray(result.policy_tokens) >= 12)
 
 
+def test_a_traced_token_budget_searches_as_the_static_one():
+  q, ql = _questions([[3, 4], [5, 1, 2], [7]])
+  keys = jax.random.split(jax.random.key(0), 3)
+  static = _run([[3, 4], [5, 1, 2], [7]], mcts_star.MCTSConfig(
+      **{**CONFIGS[0].__dict__, "token_budget": 12}))
+  search = jax.jit(functools.partial(mcts_star.search, toy_models.MODELS,
+                                     config=CONFIGS[0]))
+  traced = search(q, ql, keys, token_budget=jnp.int32(12))
+  jax.tree.map(np.testing.assert_array_equal, static, traced)
+  # Per question: only the first row stops early.
+  per_row = search(q, ql, keys, token_budget=jnp.array([12, 0, 0]))
+  assert per_row.iterations[0] == static.iterations[0]
+  np.testing.assert_array_equal(per_row.iterations[1:],
+                                CONFIGS[0].num_iterations)
+
+
 def _lm_models():
   """A tiny policy and a value model on a copy of it with a random head:
   `(value_model, graphdef, state)` of the pair."""

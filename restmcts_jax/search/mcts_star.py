@@ -382,6 +382,7 @@ def search(
     question_len: Array,
     keys: Array,
     config: MCTSConfig,
+    token_budget: Array | None = None,
 ) -> SearchResult:
   """Runs MCTS* on B questions at once.
 
@@ -393,8 +394,12 @@ def search(
     keys: `[B]` one PRNG key per question: a question's search does not
       depend on the other questions of the batch.
     config: search settings.
+    token_budget: `[]` or `[B]` int, replaces `config.token_budget` as a
+      traced value, so one compiled search serves every budget.
   """
   b = question_tokens.shape[0]
+  budget = jnp.asarray(config.token_budget if token_budget is None
+                       else token_budget, jnp.int32)
   tree = tree_lib.init_tree(question_tokens, question_len,
                             num_slots=config.num_slots,
                             branching=config.branch,
@@ -406,9 +411,7 @@ def search(
 
   def running(s: SearchResult) -> Array:
     ok = ~s.passed_gate & (s.iterations < config.num_iterations)
-    if config.token_budget:
-      ok &= s.policy_tokens < config.token_budget
-    return ok
+    return ok & ((budget <= 0) | (s.policy_tokens < budget))
 
   def iteration(carry):
     s, memory = carry
@@ -478,13 +481,15 @@ def search_lm(
     sampler_config,
     config: MCTSConfig,
     cache_nodes: bool = True,
+    token_budget: Array | None = None,
 ) -> SearchResult:
   """Jitted `search` with a policy and a `ValueModel`.
 
   Args:
     graphdef, state: `nnx.split((policy, value_model))`; with a shared
       backbone the policy's weights are stored once.
-    question_tokens, question_len, keys, config: as in `search`.
+    question_tokens, question_len, keys, config, token_budget: as in
+      `search`.
     sampler_config: how the policy samples a step; its `max_step_len` must
       equal `config.max_step_len`.
     cache_nodes: keep every node's step keys/values (`CachedLMModels`) so a
@@ -501,7 +506,8 @@ def search_lm(
   else:
     models = TokenModels(lm_policy_fn(policy, sampler_config),
                          value_model.score_continuations)
-  return search(models, question_tokens, question_len, keys, config)
+  return search(models, question_tokens, question_len, keys, config,
+                token_budget)
 
 
 @struct.dataclass

@@ -11,7 +11,9 @@ import numpy as np
 
 from restmcts_jax.training import steps
 
-DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+# Steps of 16 up to 128: short rows (partial solutions for the value model)
+# cost little padding; each bucket used compiles the train step once.
+DEFAULT_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 256, 512, 1024, 2048)
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
