@@ -29,11 +29,11 @@ def accuracy_per_iteration(metrics: Sequence[dict], path, *,
                            title: str = "") -> pathlib.Path:
   """Accuracy of each method (at the main budget) per self-training
   iteration, from metrics rows with `iteration` and `accuracy_<method>`;
-  dashed, the share of Self-Consistency's samples that are correct
-  (`sample_accuracy_sc`: the sampling policy's pass@1)."""
+  dashed, the share of sampled solutions that are correct
+  (`sample_accuracy`: the sampling policy's pass@1)."""
   fig, ax = plt.subplots(figsize=(6, 4))
   lines = [(f"accuracy_{m}", label, "-") for m, label in METHOD_LABELS.items()]
-  lines.append(("sample_accuracy_sc", "policy samples (pass@1)", "--"))
+  lines.append(("sample_accuracy", "policy samples (pass@1)", "--"))
   for key, label, style in lines:
     points = [(m["iteration"], m[key]) for m in metrics if key in m]
     if points:

@@ -565,6 +565,7 @@ class _Loop:
     self.outputs.trees(iteration, "eval", search, self.tokenizer.decode,
                        config.trees_per_iteration)
     row = dict(iteration=iteration, **meta["current"])
+    sampled = []  # (correct, total) of the methods that sample solutions
     for r in results:
       meta["evaluations"].append(dict(iteration=iteration, **r.row()))
       if r.samples == (1 if r.method == "greedy" else config.eval.budget):
@@ -572,6 +573,14 @@ class _Loop:
         row[f"tokens_{r.method}"] = r.policy_tokens
         if r.sample_accuracy is not None:
           row[f"sample_accuracy_{r.method}"] = r.sample_accuracy
+          total = r.samples * len(r.per_problem["correct"])
+          sampled.append((r.sample_accuracy * total, total))
+    if sampled:
+      # The policy's pass@1 at its sampling temperature over every solution
+      # SC and Best-of-N sampled (2 x budget per problem): the least noisy
+      # measure of the policy itself.
+      row["sample_accuracy"] = (sum(c for c, _ in sampled) /
+                                sum(t for _, t in sampled))
     meta["metrics"].append(row)
     meta["current"] = {}
     return state, buffers

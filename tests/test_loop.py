@@ -84,6 +84,8 @@ def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
     assert 0 <= metrics[1][f"accuracy_{method}"] <= 1
   for method in ("sc", "bon"):  # the share of their samples that are correct
     assert 0 <= metrics[1][f"sample_accuracy_{method}"] <= 1
+  assert metrics[1]["sample_accuracy"] == pytest.approx(
+      (metrics[1]["sample_accuracy_sc"] + metrics[1]["sample_accuracy_bon"]) / 2)
   rows = [json.loads(l) for l in
           (finished / "eval.jsonl").read_text().splitlines()]
   assert {(r["iteration"], r["method"]) for r in rows} == {
