@@ -133,7 +133,7 @@ def _main_checkpoint():
   results = evaluate_checkpoint(
       _CHECKPOINT.value, task_name=_TASK.value, data=_DATA.value,
       methods=methods, budget=_BUDGET.value, num_problems=_NUM_PROBLEMS.value)
-  print(_table(("method", "samples", "accuracy", "samples correct",
+  print(_table(("method", "samples", "accuracy", "sample acc",
                 "policy tokens/q", "value tokens/q"),
                [(r.method, r.samples, f"{r.accuracy:.3f}",
                  "-" if r.sample_accuracy is None

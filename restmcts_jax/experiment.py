@@ -134,6 +134,7 @@ def check_config(config, workdir) -> None:
         "that every process sees")
   current = json.loads(config.to_json())
   saved = json.loads(load_config(workdir).to_json())
+  written = json.loads(path.read_text())
 
   def flat(d, prefix=""):
     out = {}
@@ -144,15 +145,17 @@ def check_config(config, workdir) -> None:
         out[f"{prefix}{k}"] = v
     return out
 
-  a, b = flat(saved), flat(current)
+  a, b, in_file = flat(saved), flat(current), flat(written)
   for key in sorted(set(a) | set(b)):
     if key.split(".")[0] in RESUMABLE_KEYS:
       continue
     if a.get(key) != b.get(key):
+      says = (f"{path} says {a.get(key)!r}" if key in in_file else
+              f"{path} predates the key (its run used {a.get(key)!r})")
       raise ValueError(
-          f"config key {key} is {b.get(key)!r} but {path} says "
-          f"{a.get(key)!r}: this workdir holds a run with another config "
-          "(use a new --workdir, or the saved value)")
+          f"config key {key} is {b.get(key)!r} but {says}: this workdir "
+          "holds a run with another config (use a new --workdir, or the "
+          "saved value)")
 
 
 def check_batch_split(config, split: int,
@@ -276,7 +279,7 @@ def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
           prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
       tot_branch=config.eval.tot_branch,
-      batch_size=config.eval.get("batch_size", 0))
+      batch_size=config.eval.batch_size)
 
 
 def parse_methods(text: str, key: str = "eval.methods") -> tuple[str, ...]:
@@ -321,8 +324,8 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 def _backfill(config) -> dict:
-  """Keys newer than some saved configs, with the value that reproduces what
-  a run written before the key existed did."""
+  """Keys added since `train.replay` (older workdirs do not load), with the
+  value that reproduces what a run written before the key existed did."""
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False}

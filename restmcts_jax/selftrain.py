@@ -573,12 +573,12 @@ class _Loop:
         row[f"tokens_{r.method}"] = r.policy_tokens
         if r.sample_accuracy is not None:
           row[f"sample_accuracy_{r.method}"] = r.sample_accuracy
-          total = r.samples * len(r.per_problem["correct"])
-          sampled.append((r.sample_accuracy * total, total))
+          counts = r.per_problem["correct_samples"]
+          sampled.append((int(np.sum(counts)), r.samples * len(counts)))
     if sampled:
       # The policy's pass@1 at its sampling temperature over every solution
-      # SC and Best-of-N sampled (2 x budget per problem): the least noisy
-      # measure of the policy itself.
+      # the sampling methods drew (SC and Best-of-N: budget per problem
+      # each): the least noisy measure of the policy itself.
       row["sample_accuracy"] = (sum(c for c, _ in sampled) /
                                 sum(t for _, t in sampled))
     meta["metrics"].append(row)

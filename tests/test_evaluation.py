@@ -217,11 +217,15 @@ def test_sampled_methods_report_their_samples_tokens(untrained, context,
       assert text in texts[q * BUDGET:(q + 1) * BUDGET]
   assert sc.value_tokens == 0.0
   assert bon.value_tokens == pytest.approx(scored.sum(1).mean())
-  # sample_accuracy counts every sample: with a grader that accepts texts of
-  # even length, it is the share of even-length samples.
+  # sample_accuracy counts every sample against its own problem: with a
+  # grader that accepts a text when its length plus its reference's sum is
+  # even (the references' sums differ in parity), the share of such samples.
+  assert len({sum(p.reference) % 2 for p in PROBLEMS}) == 2
+  accepts = lambda text, reference: (len(text) + sum(reference)) % 2 == 0
   even = dataclasses.replace(context, task=dataclasses.replace(
-      TASK, is_correct=lambda text, reference: len(text) % 2 == 0))
-  expected = np.mean([len(t) % 2 == 0 for t in texts])
+      TASK, is_correct=accepts))
+  expected = np.mean([accepts(t, PROBLEMS[i // BUDGET].reference)
+                      for i, t in enumerate(texts)])
   assert 0 < expected < 1
   for method in ("sc", "bon"):
     result, _ = _run(method, untrained, even, greedy_tokens)

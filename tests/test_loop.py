@@ -157,8 +157,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
       workdir, task_name=None, data=None, methods=("greedy",), budget=1)
   assert results[0].accuracy == _metrics(finished)[-1]["accuracy_greedy"]
   with pytest.raises(ValueError, match=(
-      "config key warmstart.complete_value_solutions is True but .* says "
-      "False")):
+      "config key warmstart.complete_value_solutions is True but .* "
+      "predates the key \\(its run used False\\)")):
     selftrain.run(_config(), workdir)
 
 

@@ -395,7 +395,8 @@ def search(
       depend on the other questions of the batch.
     config: search settings.
     token_budget: `[]` or `[B]` int, replaces `config.token_budget` as a
-      traced value, so one compiled search serves every budget.
+      traced value, so one compiled search serves every budget (<= 0: no
+      token budget).
   """
   b = question_tokens.shape[0]
   budget = jnp.asarray(config.token_budget if token_budget is None
