@@ -1,7 +1,7 @@
 """MCTS* speed: one batched, jitted search vs a per-node sequential driver.
 
 Both run the same MCTS* settings on the same small LM (policy + value model on
-a copy of its backbone), on this machine's CPU:
+a copy of its backbone), on JAX's default device:
   * cached     — `mcts_star.search_lm`: all questions at once, one policy call
                  and one value call per phase for every question, and every
                  node's step keys/values kept, so no prefix is re-encoded;
@@ -18,11 +18,15 @@ LM): that is the cost of selection, back-up and tree bookkeeping.
 
     python bench/search.py                        # 1, 8 and 64 questions
     python bench/search.py --questions 8 --sequential_questions 2
+    XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/search.py \
+        --questions 64 --sequential_questions 2 --rounds 1 --drivers cached
+                                                  # as run on an H200
 
 Ends with `RESULT search_speedup_q64 <cached / per-node>` (questions per
 second; the per-node driver's rate is measured on a few questions, since it
-runs one question at a time): the median over `--rounds` of the ratio of a
-batched run to the per-node run just before it. The table shows median runs.
+runs one question at a time, after one untimed run): the median over
+`--rounds` of the ratio of a batched run to the per-node run just before it.
+The table shows median runs; progress lines with elapsed time come first.
 """
 
 import argparse
@@ -159,7 +163,13 @@ def sequential_search(policy, value_model, n):
       iterations += s.iterations_run
       tokens += s.policy_tokens
     return time.perf_counter() - start, iterations, tokens
+  run()  # untimed: the first run on a GPU is several times slower
   return run
+
+
+def _progress(start, message):
+  """Prints a timestamped progress line at once (the run takes minutes)."""
+  print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
 
 def median_run(runs):
@@ -171,6 +181,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--questions", type=int, nargs="+", default=[1, 8, 64])
   parser.add_argument("--sequential_questions", type=int, default=4)
+  parser.add_argument("--drivers", nargs="+", default=["re-encode", "cached"],
+                      choices=["re-encode", "cached"],
+                      help="batched drivers to time (the ratio needs cached)")
   parser.add_argument("--rounds", type=int, default=3,
                       help="timed runs per driver; each batched run is "
                       "paired with a per-node run just before it")
@@ -189,12 +202,17 @@ def main():
   # This machine's speed drifts by tens of percent within minutes: every
   # batched run is paired with a per-node run just before it, and the
   # speedup is the median of the pairs' ratios.
+  start = time.perf_counter()
   per_node = sequential_search(policy, value_model, args.sequential_questions)
+  _progress(start, "per-node driver compiled (every prefix width)")
   per_node_runs, speedups, rows = [], {}, []
   for n in args.questions:
     bookkeeping_s = bench_bookkeeping(n)
-    for name, cache_nodes in (("re-encode", False), ("cached", True)):
+    _progress(start, f"q{n}: bookkeeping-only search timed")
+    for name in args.drivers:
+      cache_nodes = name == "cached"
       compile_s, run = batched_search(graphdef, state, n, cache_nodes)
+      _progress(start, f"q{n}: {name} compiled in {compile_s:.1f} s")
       runs, ratios = [], []
       for _ in range(args.rounds):
         if cache_nodes:
@@ -203,6 +221,7 @@ def main():
         if cache_nodes:
           seq_q_per_s = args.sequential_questions / per_node_runs[-1][0]
           ratios.append(n / runs[-1][0] / seq_q_per_s)
+      _progress(start, f"q{n}: {name} timed")
       if cache_nodes:
         speedups[n] = float(np.median(ratios))
       rows.append((n, name, median_run(runs), bookkeeping_s, compile_s))
