@@ -77,4 +77,9 @@ def get_config():
       num_test=100, split="test", methods="greedy,sc,bon,tot,mcts",
       budget=4, budgets="2,4,8", mcts_iterations=32, tot_branch=2,
       batch_size=0))  # problems per batched call; 0: all at once
+  # MCTS* when answering: these keys of `search` set apart (the paper
+  # searches one way to collect data and another to answer).
+  config.eval.search = ml_collections.ConfigDict(dict(
+      branch=2, roll_branch=1, roll_forward_steps=1, exploration=0.5,
+      alpha=0.5, unvisited_bonus=0.9, end_gate=0.8))
   return config

@@ -264,17 +264,34 @@ def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
                               **settings)
 
 
+# The MCTS* settings an evaluation may set apart from the training search's.
+EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
+                    "exploration", "alpha", "unvisited_bonus", "end_gate")
+
+
+def eval_search_settings(config) -> dict:
+  """`config.eval.search`, checked: ValueError naming an unknown key."""
+  settings = config.eval.search.to_dict()
+  unknown = sorted(set(settings) - set(EVAL_SEARCH_KEYS))
+  if unknown:
+    raise ValueError(f"config.eval.search.{unknown[0]}: not an evaluation "
+                     f"search setting; choose from {', '.join(EVAL_SEARCH_KEYS)}")
+  return settings
+
+
 def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
-  """Evaluation settings. MCTS* uses `config.search` but stops at the end
-  gate, and only at a finished solution, capped at
-  `config.eval.mcts_iterations`; without a gate node it answers with its
-  best finished solution, as Best-of-N and ToT do.
+  """Evaluation settings. MCTS* uses `config.search` with
+  `config.eval.search` over it (as the paper, which searches differently to
+  collect data and to answer), stops at the end gate, and only at a finished
+  solution, capped at `config.eval.mcts_iterations`; without a gate node it
+  answers with its best finished solution, as Best-of-N and ToT do.
   """
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
       search_config=search_config_for(
-          config, num_iterations=config.eval.mcts_iterations,
+          config, **eval_search_settings(config),
+          num_iterations=config.eval.mcts_iterations,
           stop_at_end_gate=True, gate_requires_final=True,
           prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
@@ -328,7 +345,9 @@ def _backfill(config) -> dict:
   value that reproduces what a run written before the key existed did."""
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
-          "warmstart.complete_value_solutions": False}
+          "warmstart.complete_value_solutions": False,
+          "eval.search": {k: v for k, v in config.search.items()
+                          if k in EVAL_SEARCH_KEYS}}
 
 
 

@@ -314,6 +314,24 @@ def test_evaluate_and_config_parsers_reject_unknown_methods(untrained,
   assert experiment.parse_budgets("4, 1,4") == (1, 4)
 
 
+def test_eval_search_settings_apply_over_the_training_search(config,
+                                                            tokenizer):
+  config = config.copy_and_resolve_references()
+  config.search.update(branch=2, exploration=0.5, roll_forward_steps=1)
+  config.eval.search.update(branch=3, exploration=0.7)
+  with config.eval.search.unlocked():
+    del config.eval.search["roll_forward_steps"]
+  search = experiment.eval_context(config, tokenizer).search_config
+  assert (search.branch, search.exploration) == (3, 0.7)
+  assert search.roll_forward_steps == 1  # not set apart: the training one
+  assert search.num_iterations == config.eval.mcts_iterations
+  assert search.stop_at_end_gate and search.gate_requires_final
+  with config.eval.search.unlocked():
+    config.eval.search.temperature = 0.5
+  with pytest.raises(ValueError, match=r"config\.eval\.search\.temperature"):
+    experiment.eval_context(config, tokenizer)
+
+
 def test_a_problems_solution_does_not_depend_on_the_others(untrained,
                                                            context,
                                                            greedy_tokens):

@@ -15,6 +15,7 @@ import pytest
 
 from restmcts_jax import evaluate
 from restmcts_jax import evaluation
+from restmcts_jax import experiment
 from restmcts_jax import selftrain
 from restmcts_jax.tokenizer import SentencePieceTokenizer
 
@@ -149,9 +150,14 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   saved = json.loads(path.read_text())
   for section, key in [("model", "compute_dtype"), ("eval", "batch_size"),
                        ("warmstart", "examples"),
-                       ("warmstart", "complete_value_solutions")]:
+                       ("warmstart", "complete_value_solutions"),
+                       ("eval", "search")]:
     del saved[section][key]
   path.write_text(json.dumps(saved))
+  # Such runs answered with the training search's settings.
+  eval_search = experiment.load_config(workdir).eval.search.to_dict()
+  assert eval_search == {k: saved["search"][k]
+                         for k in experiment.EVAL_SEARCH_KEYS}
   # Filled in with what runs did before the keys existed.
   results = evaluate.evaluate_checkpoint(
       workdir, task_name=None, data=None, methods=("greedy",), budget=1)
