@@ -34,7 +34,8 @@ activations are f32; the policy and the value model (a copy of it) are
 
 The MCTS* row was estimated with the training search's settings (m = 1);
 answering with the reference's evaluation search (`eval.search`: m = 3,
-c = 0.7, inf = 1.0, end gate 0.9) measured 14.7 instead of 14.4 GiB at 0.5B.
+c = 0.7, inf = 1.0, end gate 0.9) is estimated at 14.7 instead of 14.4 GiB
+at 0.5B.
 The search's per-node KV caches dominate `collect` (1.5B: 26 GiB of its
 45 at 32 questions x 121 nodes x 64-token steps, both models); they scale
 with `search_batch` and `search.num_iterations`. Hence `train.batch_size` 4,

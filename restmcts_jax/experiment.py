@@ -148,6 +148,9 @@ def check_config(config, workdir) -> None:
   a, b, in_file = flat(saved), flat(current), flat(written)
   for key in sorted(set(a) | set(b)):
     if key.split(".")[0] in RESUMABLE_KEYS:
+      if a.get(key) != b.get(key):
+        logging.info("config key %s is %r (%s has %r): allowed on resume",
+                     key, b.get(key), path, a.get(key))
       continue
     if a.get(key) != b.get(key):
       says = (f"{path} says {a.get(key)!r}" if key in in_file else
@@ -275,16 +278,17 @@ def eval_search_settings(config) -> dict:
   unknown = sorted(set(settings) - set(EVAL_SEARCH_KEYS))
   if unknown:
     raise ValueError(f"config.eval.search.{unknown[0]}: not an evaluation "
-                     f"search setting; choose from {', '.join(EVAL_SEARCH_KEYS)}")
+                     "search setting; choose from "
+                     f"{', '.join(EVAL_SEARCH_KEYS)}")
   return settings
 
 
 def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
   """Evaluation settings. MCTS* uses `config.search` with
-  `config.eval.search` over it (as the paper, which searches differently to
-  collect data and to answer), stops at the end gate, and only at a finished
-  solution, capped at `config.eval.mcts_iterations`; without a gate node it
-  answers with its best finished solution, as Best-of-N and ToT do.
+  `config.eval.search` over it (as the paper does, searching one way to
+  collect trees and another to answer), stops at the end gate, and only at a
+  finished solution, capped at `config.eval.mcts_iterations`; without a gate
+  node it answers with its best finished solution, as Best-of-N and ToT do.
   """
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),

@@ -153,6 +153,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("warmstart", "complete_value_solutions"),
                        ("eval", "search")]:
     del saved[section][key]
+  # Unlike any config's eval.search, so the backfill must read the run's own.
+  saved["search"].update(branch=3, exploration=0.123)
   path.write_text(json.dumps(saved))
   # Such runs answered with the training search's settings.
   eval_search = experiment.load_config(workdir).eval.search.to_dict()
