@@ -153,13 +153,15 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("warmstart", "complete_value_solutions"),
                        ("eval", "search")]:
     del saved[section][key]
-  # Unlike any config's eval.search, so the backfill must read the run's own.
-  saved["search"].update(branch=3, exploration=0.123)
-  path.write_text(json.dumps(saved))
-  # Such runs answered with the training search's settings.
+  # Such runs answered with their training search's settings: set unlike
+  # any config's eval.search, so the backfill must read the run's own.
+  unusual = json.loads(json.dumps(saved))
+  unusual["search"].update(branch=3, exploration=0.123)
+  path.write_text(json.dumps(unusual))
   eval_search = experiment.load_config(workdir).eval.search.to_dict()
-  assert eval_search == {k: saved["search"][k]
+  assert eval_search == {k: unusual["search"][k]
                          for k in experiment.EVAL_SEARCH_KEYS}
+  path.write_text(json.dumps(saved))
   # Filled in with what runs did before the keys existed.
   results = evaluate.evaluate_checkpoint(
       workdir, task_name=None, data=None, methods=("greedy",), budget=1)
