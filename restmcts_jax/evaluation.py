@@ -49,11 +49,7 @@ class MethodResult:
     per_problem: `correct`, `policy_tokens` and `value_tokens` arrays, one
       entry per problem; the means above are taken over them. Methods that
       sample N solutions (SC, Best-of-N) add `correct_samples`, how many of
-      a problem's N the verifier accepts.
-    sample_accuracy: for SC and Best-of-N, the share of all sampled solutions
-      that are correct: the policy's pass@1 at its sampling temperature,
-      from N times more samples than one-per-problem accuracy (None for
-      the other methods).
+      a problem's N the verifier accepts (see `sample_accuracy`).
   """
 
   method: str
@@ -63,17 +59,24 @@ class MethodResult:
   value_tokens: float
   solutions: tuple[str, ...]
   per_problem: dict = dataclasses.field(repr=False)
-  sample_accuracy: float | None = None
 
   @classmethod
   def from_problems(cls, method, samples, per_problem, solutions
                     ) -> "MethodResult":
-    sample_accuracy = (float(np.mean(per_problem["correct_samples"]) / samples)
-                       if "correct_samples" in per_problem else None)
     return cls(method, samples, float(np.mean(per_problem["correct"])),
                float(np.mean(per_problem["policy_tokens"])),
                float(np.mean(per_problem["value_tokens"])), tuple(solutions),
-               per_problem, sample_accuracy)
+               per_problem)
+
+  @property
+  def sample_accuracy(self) -> float | None:
+    """For SC and Best-of-N, the share of all sampled solutions that are
+    correct: the policy's pass@1 at its sampling temperature, from N times
+    more samples than one-per-problem accuracy (None for the other
+    methods)."""
+    if "correct_samples" not in self.per_problem:
+      return None
+    return float(np.mean(self.per_problem["correct_samples"]) / self.samples)
 
   def row(self) -> dict:
     """The numbers (a metrics row)."""
