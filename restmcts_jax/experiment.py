@@ -133,8 +133,8 @@ def check_config(config, workdir) -> None:
         f"no {path}: with several processes, the workdir must be one folder "
         "that every process sees")
   current = json.loads(config.to_json())
-  saved = json.loads(load_config(workdir).to_json())
   written = json.loads(path.read_text())
+  saved = json.loads(_backfilled(written, path).to_json())
 
   def flat(d, prefix=""):
     out = {}
@@ -333,7 +333,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"no {CONFIG_FILE} in {workdir}: not a workdir of "
         "`python -m restmcts_jax.main`")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  return _backfilled(json.loads(path.read_text()), path)
+
+
+def _backfilled(written: dict, path) -> ml_collections.ConfigDict:
+  """The config `written` in `path`, with the keys it predates filled in."""
+  config = ml_collections.ConfigDict(written)
   for key, value in _backfill(config).items():
     section, name = key.split(".")
     if section in config and name not in config[section]:
