@@ -55,12 +55,15 @@ both models and, while training, AdamW in f32. Larger models shard them:
 `--config.mesh.fsdp=F --config.mesh.tensor=T` splits every parameter and its
 AdamW moments over blocks of F x T devices (embedding dimension over fsdp;
 heads, MLP and vocabulary over tensor), the batch over data x fsdp, and each
-process searches on its first block with the parameters left in place. A
-block must fit in one process (F x T divides its device count), e.g. 7B on
-one 8-GPU host: `--config.mesh.fsdp=8 --config.train.batch_size=8` (11 GiB of
-f32 parameters and AdamW moments per device for the model being trained; see
-the table above). These layouts are tested on 8 simulated CPU devices (the
-same metrics as replicated); no accelerator was measured.
+process searches on its first block with the parameters left in place, e.g.
+7B on one 8-GPU host: `--config.mesh.fsdp=8 --config.train.batch_size=8`
+(11 GiB of f32 parameters and AdamW moments per device for the model being
+trained; see the table above). A block may also span whole hosts (F x T a
+multiple of a host's devices, e.g. fsdp 16 over two 8-GPU hosts): their
+processes then search the same questions together, over the interconnect.
+These layouts are tested on 8 simulated CPU devices and on two CPU processes
+sharing one block (the same metrics as replicated / as one process); no
+accelerator was measured.
 """
 
 from configs import game24

@@ -4,15 +4,19 @@ a process searches on.
 
 One process per host (Cloud TPU VM worker, GPU node), or several on one
 machine for tests (CPU collectives over loopback). Search and evaluation run
-process-locally on each process's share of the questions; their results are
-gathered so every process holds the same training data; training runs on a
-mesh over all devices of all processes.
+on `fsdp` x `tensor` blocks of devices: a block lies within one process, or,
+for a model too large for one host, spans whole processes that then search
+the same questions together (a search group). Each group searches its share
+of the questions; the results are gathered so every process holds the same
+training data; training runs on a mesh over all devices of all processes.
 """
+
+import dataclasses
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from restmcts_jax.training import sharding
 
@@ -46,22 +50,58 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(flags))
 
 
-def shard(count: int) -> slice:
-  """This process's contiguous share of `count` items: concatenating the
-  shards in process order gives the items in their original order."""
-  p, n = jax.process_index(), jax.process_count()
-  return slice(count * p // n, count * (p + 1) // n)
+@dataclasses.dataclass(frozen=True)
+class SearchGroup:
+  """The processes that search the same questions on one block of devices.
+
+  Attributes:
+    index: this group's position among all groups (groups are ordered by
+      their processes).
+    count: how many groups there are.
+    leader: this process is its group's first; only leaders contribute rows
+      to `allgather_rows`, so a group's results count once.
+  """
+
+  index: int = 0
+  count: int = 1
+  leader: bool = True
+
+  def shard(self, count: int) -> slice:
+    """This group's contiguous share of `count` items: concatenating the
+    shards in group order gives the items in their original order."""
+    return slice(count * self.index // self.count,
+                 count * (self.index + 1) // self.count)
 
 
-def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def search_group(global_mesh: jax.sharding.Mesh,
+                 process: int | None = None) -> SearchGroup:
+  """The search group of `process` (default: this one) on `global_mesh`: the
+  processes holding a device of its `search_mesh` block."""
+  process = jax.process_index() if process is None else process
+  groups = sorted({_block_processes(block) for block in global_mesh.devices})
+  mine = _block_processes(_search_block(global_mesh, process))
+  return SearchGroup(index=groups.index(mine), count=len(groups),
+                     leader=mine[0] == process)
+
+
+def _block_processes(block: np.ndarray) -> tuple[int, ...]:
+  return tuple(sorted({d.process_index for d in block.flat}))
+
+
+def allgather_rows(arrays: dict[str, np.ndarray], include: bool = True
+                   ) -> dict[str, np.ndarray]:
   """Concatenates, in process order, every process's arrays (same keys and
   dtypes; any leading size, any second size for 2-D arrays).
 
   Every process gets the same result, in the local dtypes; with one process
   it is `arrays`. 64-bit values travel as 32-bit ones (no jax_enable_x64).
+  A process with `include=False` (a search group's non-leader, holding a
+  copy of its leader's rows) takes part but adds no rows.
   """
   if jax.process_count() == 1:
     return arrays
+  if not include:
+    arrays = {k: np.asarray(v)[:0] for k, v in arrays.items()}
   out = {}
   for key in sorted(arrays):
     local = np.asarray(arrays[key])
@@ -88,18 +128,23 @@ def broadcast(value: int) -> int:
 def mesh(fsdp: int = 1, tensor: int = 1) -> jax.sharding.Mesh:
   """All devices of all processes as a `(data, fsdp, tensor)` mesh.
 
-  Parameters are sharded over `fsdp` x `tensor` blocks of devices that each
-  lie within one process, so every process holds a whole copy of them (and
-  can search its own questions); `data` spans the rest.
+  Parameters are sharded over `fsdp` x `tensor` blocks of consecutive devices
+  (ordered by process); `data` spans the blocks. A block lies within one
+  process, which then holds a whole copy of the parameters and searches on
+  its own, or spans whole processes, which search together.
 
   Raises:
-    ValueError: naming `config.mesh` if a block does not fit a process.
+    ValueError: naming `config.mesh` if a block neither divides a process's
+      devices nor is made of whole processes.
   """
-  local = jax.local_device_count()
-  if fsdp < 1 or tensor < 1 or local % (fsdp * tensor):
+  local, block = jax.local_device_count(), fsdp * tensor
+  total = jax.device_count()
+  if (fsdp < 1 or tensor < 1 or total % block
+      or (local % block and block % local)):
     raise ValueError(
         f"config.mesh.fsdp={fsdp} x config.mesh.tensor={tensor} must divide "
-        f"the {local} devices of each process")
+        f"the {local} devices of each process, or be a multiple of them "
+        f"that divides all {total} devices (a block spanning processes)")
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   grid = np.array(devices).reshape(-1, fsdp, tensor)
   return jax.sharding.Mesh(grid, sharding.MESH_AXES, axis_types=(
@@ -129,12 +174,19 @@ def check_divisible(tree, shardings) -> None:
   jax.tree_util.tree_map_with_path(check, tree, shardings)
 
 
+def _search_block(global_mesh: jax.sharding.Mesh, process: int) -> np.ndarray:
+  """The first `[1, fsdp, tensor]` block of `global_mesh` holding a device of
+  `process`."""
+  blocks = global_mesh.devices.reshape(-1, 1, *global_mesh.devices.shape[1:])
+  return next(b for b in blocks
+              if any(d.process_index == process for d in b.flat))
+
+
 def search_mesh(global_mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
   """This process's first `fsdp` x `tensor` block of `global_mesh` (the
-  devices its search and evaluation run on), as a mesh with `data` = 1."""
-  first = next(i for i, block in enumerate(global_mesh.devices)
-               if block.flat[0].process_index == jax.process_index())
-  return jax.sharding.Mesh(global_mesh.devices[first:first + 1],
+  devices its search and evaluation run on, other processes' too when the
+  block spans processes), as a mesh with `data` = 1."""
+  return jax.sharding.Mesh(_search_block(global_mesh, jax.process_index()),
                            global_mesh.axis_names,
                            axis_types=global_mesh.axis_types)
 
@@ -157,14 +209,35 @@ def to_global(tree, shardings):
 
 
 def to_search(tree, mesh: jax.sharding.Mesh):
-  """Global arrays on a `mesh(...)` -> this process's whole copy on its
+  """Global arrays on a `mesh(...)` -> their copy on this process's
   `search_mesh`: each of those devices already holds its shard, so nothing
   moves."""
-  local = search_mesh(mesh)
+  block = search_mesh(mesh)
+  mine = [d for d in block.devices.flat
+          if d.process_index == jax.process_index()]
 
   def put(x):
-    target = NamedSharding(local, x.sharding.spec)
+    target = NamedSharding(block, x.sharding.spec)
     shards = {s.device: s.data for s in x.addressable_shards}
     return jax.make_array_from_single_device_arrays(
-        x.shape, target, [shards[d] for d in local.devices.flat])
+        x.shape, target, [shards[d] for d in mine])
   return jax.tree.map(put, tree)
+
+
+def fetch(tree):
+  """`jax.device_get` that also takes outputs of a search on a block spanning
+  processes: an array this process holds only part of is first replicated
+  over its block (one compiled copy for all of them; every process of the
+  block must call this with the same tree)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  partial = [i for i, x in enumerate(leaves)
+             if isinstance(x, jax.Array) and not x.is_fully_addressable
+             and not x.is_fully_replicated]
+  if partial:
+    replicated = [NamedSharding(leaves[i].sharding.mesh, PartitionSpec())
+                  for i in partial]
+    gathered = jax.jit(lambda *xs: xs, out_shardings=tuple(replicated))(
+        *[leaves[i] for i in partial])
+    for i, x in zip(partial, gathered):
+      leaves[i] = x
+  return jax.device_get(jax.tree.unflatten(treedef, leaves))

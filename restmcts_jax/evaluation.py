@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from restmcts_jax import distributed
 from restmcts_jax import sampling
 from restmcts_jax.search import baselines
 from restmcts_jax.search import mcts_star
@@ -245,7 +246,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     config = context.sampler_config
     if method == "greedy":
       config = dataclasses.replace(config, temperature=0.0)
-    out = jax.device_get(sample_solutions(
+    out = distributed.fetch(sample_solutions(
         graphdef, state, tokens, lengths, keys, sampler_config=config,
         num_samples=n, score=method == "bon", **common))
     texts = _texts(tok, out.tokens, out.lengths, range(len(out.lengths)))
@@ -262,7 +263,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
                    out.value_tokens, correct_samples), None
   if method == "tot":
     beam = max(1, samples // context.tot_branch)
-    beams, answer = jax.device_get(_tot(
+    beams, answer = distributed.fetch(_tot(
         graphdef, state, tokens, lengths, keys,
         sampler_config=context.sampler_config, beam_width=beam,
         branch=context.tot_branch, **common))
@@ -272,7 +273,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
   # The budget is traced: one compiled search for every budget and iteration.
   search_config = dataclasses.replace(context.search_config,
                                       stop_at_end_gate=True, token_budget=0)
-  result = jax.device_get(mcts_star.search_lm(
+  result = distributed.fetch(mcts_star.search_lm(
       graphdef, state, tokens, lengths, keys, context.sampler_config,
       search_config, token_budget=max(1, round(samples * greedy_tokens))))
   answer = np.zeros(result.tree.parent.shape, bool)

@@ -259,6 +259,7 @@ class _Loop:
     self.task = registry.get_task(config.task)
     self.data = experiment.load_data(config)
     self.mesh = distributed.mesh(config.mesh.fsdp, config.mesh.tensor)
+    self.group = distributed.search_group(self.mesh)
     experiment.check_batch_split(
         config, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
     if distributed.is_main():  # trains the tokenizer if the workdir has none
@@ -309,6 +310,10 @@ class _Loop:
                       distributed.to_search(state["policy"], self.mesh)),
             nnx.merge(self.value_graph,
                       distributed.to_search(state["value"], self.mesh)))
+
+  def _gather(self, arrays):
+    """Every search group's rows, each group's once, on every process."""
+    return distributed.allgather_rows(arrays, include=self.group.leader)
 
   def _bar(self, total, desc):
     return tqdm.tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
@@ -417,7 +422,7 @@ class _Loop:
         len(self.data.train), min(config.search_questions,
                                   len(self.data.train)), replace=False)
     problems = [self.data.train[i] for i in picks]
-    mine = distributed.shard(len(problems))
+    mine = self.group.shard(len(problems))
     graphdef, search_state = nnx.split(self.models(state))
     base_key = jax.random.fold_in(jax.random.key(config.seed), iteration)
     solved = tokens_used = 0
@@ -433,7 +438,7 @@ class _Loop:
         # One key per question: its draws do not depend on the batching.
         keys = evaluation.problem_keys(base_key, range(lo, hi))
         if config.mode == "rest_mcts":
-          result = jax.device_get(mcts_star.search_lm(
+          result = distributed.fetch(mcts_star.search_lm(
               graphdef, search_state, jnp.asarray(questions),
               jnp.asarray(qlen), keys, self.sampler_config,
               self.search_config))
@@ -461,9 +466,9 @@ class _Loop:
           solved += hits
           tokens_used += used
         bar.update(len(chunk))
-    gathered = Buffers.from_arrays(distributed.allgather_rows(Buffers(
+    gathered = Buffers.from_arrays(self._gather(Buffers(
         value_rows, value_targets, traces).to_arrays(keep_empty=True)))
-    counts = distributed.allgather_rows(
+    counts = self._gather(
         dict(counts=np.array([[solved, tokens_used]], np.int32)))["counts"]
     solved, tokens_used = counts.sum(axis=0).tolist()
     buffers.value_rows += gathered.value_rows  # D_V accumulates
@@ -483,7 +488,7 @@ class _Loop:
     Returns `(traces, questions solved, policy tokens)`.
     """
     n = self.config.rest_em.num_samples
-    out = jax.device_get(evaluation.sample_solutions(
+    out = distributed.fetch(evaluation.sample_solutions(
         graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
         sampler_config=self.sampler_config, num_samples=n,
         max_depth=self.config.max_depth, score=False))
@@ -553,14 +558,14 @@ class _Loop:
       budgets.append(config.eval.budget)
     runs = sum(1 if m == "greedy" else len(budgets)
                for m in self.eval_methods)
-    mine = distributed.shard(len(self.data.test))
+    mine = self.group.shard(len(self.data.test))
     with self._bar(runs, f"evaluation, iteration {iteration}") as bar:
       results, search = evaluation.evaluate(
           models, self.eval_context, self.data.test[mine],
           methods=self.eval_methods, budgets=budgets,
           seed=config.seed + 7919 * iteration,  # as evaluate --checkpoint
           indices=range(mine.start, mine.stop),
-          gather=distributed.allgather_rows,
+          gather=self._gather,
           progress=lambda *_: bar.update())
     self.outputs.trees(iteration, "eval", search, self.tokenizer.decode,
                        config.trees_per_iteration)

@@ -1,7 +1,9 @@
 """Placing parameters on the loop's mesh and back onto the search devices."""
 
+import hypothesis
 import jax
 import numpy as np
+from hypothesis import strategies as st
 from jax.sharding import NamedSharding, PartitionSpec
 
 from restmcts_jax import distributed
@@ -27,3 +29,39 @@ def test_one_device_arrays_become_mesh_arrays_the_search_can_take():
   searched = distributed.to_search(placed, mesh)
   for name in host:
     np.testing.assert_array_equal(searched[name], host[name])
+
+
+class _Device:
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+class _Mesh:
+  """What `search_group` reads of a mesh: its `[data, fsdp, tensor]` devices."""
+
+  def __init__(self, processes, local_devices, fsdp, tensor):
+    flat = [_Device(p) for p in range(processes) for _ in range(local_devices)]
+    self.devices = np.array(flat, dtype=object).reshape(-1, fsdp, tensor)
+
+
+def test_blocks_within_processes_make_one_search_group_per_process():
+  mesh = _Mesh(processes=2, local_devices=4, fsdp=2, tensor=1)
+  assert [distributed.search_group(mesh, p) for p in range(2)] == [
+      distributed.SearchGroup(index=0, count=2, leader=True),
+      distributed.SearchGroup(index=1, count=2, leader=True)]
+
+
+def test_a_block_spanning_processes_makes_them_one_group_with_one_leader():
+  mesh = _Mesh(processes=4, local_devices=2, fsdp=2, tensor=2)
+  assert [distributed.search_group(mesh, p) for p in range(4)] == [
+      distributed.SearchGroup(index=0, count=2, leader=True),
+      distributed.SearchGroup(index=0, count=2, leader=False),
+      distributed.SearchGroup(index=1, count=2, leader=True),
+      distributed.SearchGroup(index=1, count=2, leader=False)]
+
+
+@hypothesis.given(count=st.integers(0, 50), groups=st.integers(1, 8))
+def test_group_shards_concatenate_to_all_items_in_order(count, groups):
+  shards = [distributed.SearchGroup(index=i, count=groups).shard(count)
+            for i in range(groups)]
+  assert [i for s in shards for i in range(count)[s]] == list(range(count))

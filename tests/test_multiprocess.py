@@ -1,5 +1,7 @@
 """Two processes on loopback (CPU collectives) run one self-training job over
-a global mesh and end with the metrics of one process with as many devices.
+a global mesh and end with the metrics of one process with as many devices:
+each process searching on its own devices, and both searching together on a
+block of devices that spans them (a model too large for one host).
 
 The task (`sums_task`) is one the tiny model learns in its warm start, so the
 search finds correct solutions and both models train on data gathered from
@@ -7,6 +9,7 @@ both processes.
 """
 
 import json
+import math
 import os
 import pathlib
 import socket
@@ -71,3 +74,37 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   # Only process 0 prints and writes the results.
   assert "iteration=1" in outs[0] and "iteration=1" not in outs[1]
   assert (workdir / "plots" / "accuracy_per_iteration.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_block_spanning_two_processes_matches_one_process(tmp_path):
+  """fsdp x tensor = 2 x 2 over two processes of 2 devices each: both search
+  every question together on one block, and each question's rows count
+  once."""
+  data = sums_task.write_data(tmp_path / "sums.jsonl")
+  mesh = ["--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+  single = _main(tmp_path / "one_process", _env(tmp_path, 4), data, *mesh)
+  out, _ = single.communicate(timeout=900)
+  assert single.returncode == 0, out
+
+  port = _free_port()
+  workdir = tmp_path / "two_processes"
+  processes = [
+      _main(workdir, _env(tmp_path, 2), data, *mesh,
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+            f"--process_id={i}") for i in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in processes]
+  for p, out in zip(processes, outs):
+    assert p.returncode == 0, out
+  metrics = _metrics(tmp_path / "one_process")
+  assert metrics[1]["traces"] > 0 and metrics[1]["value_records"] > 0
+  spanning = _metrics(workdir)
+  assert len(spanning) == len(metrics)
+  for a, b in zip(metrics, spanning):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+      # Losses: the same program, its all-reduces summed in another order.
+      if isinstance(value, float) and "loss" in key:
+        assert math.isclose(value, b[key], rel_tol=1e-3), key
+      else:
+        assert value == b[key], key
