@@ -269,7 +269,8 @@ def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
 
 # The MCTS* settings an evaluation may set apart from the training search's.
 EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
-                    "exploration", "alpha", "unvisited_bonus", "end_gate")
+                    "exploration", "alpha", "unvisited_bonus", "end_gate",
+                    "skip_exhausted")
 
 
 def eval_search_settings(config) -> dict:

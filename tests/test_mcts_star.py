@@ -252,3 +252,60 @@ def test_equal_selection_scores_are_broken_at_random_by_the_questions_key():
   again = run(q[:10], ql[:10], keys[:10], config=config.__class__(
       **{**config.__dict__, "random_ties": True})).tree
   np.testing.assert_array_equal(again.parent[:, 4], parents[True][:10])
+
+
+def _exhausted_reference(t, b, config):
+  """Plain-Python `exhausted_nodes` of tree `b`: by recursion from the
+  definition."""
+  def exhausted(p):
+    kids = [k for k in t.children[b, p] if k >= 0]
+    if kids:
+      return all(exhausted(k) for k in kids)
+    stuck = t.final[b, p] or t.depth[b, p] >= config.max_depth
+    if config.stop_at_end_gate:
+      stuck = stuck and t.value[b, p] < config.end_gate
+    return bool(stuck)
+  return [exhausted(p) for p in range(int(t.num_nodes[b]))]
+
+
+SKIPPING = [mcts_star.MCTSConfig(**{**c.__dict__, "skip_exhausted": True,
+                                    "num_iterations": 40})
+            for c in CONFIGS]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=4),
+                min_size=3, max_size=3),
+       st.sampled_from(range(len(SKIPPING))))
+def test_skipping_exhausted_subtrees_expands_every_iteration(rows, index):
+  """Each iteration selects a leaf it can expand (or stop at), so every one
+  adds a node; a search that stops early without a gate node has nothing
+  left to select; the exhausted set matches its definition."""
+  config = SKIPPING[index]
+  result = _run(rows, config)
+  _check_invariants(result, config)
+  t = jax.tree.map(np.asarray, result.tree)
+  exhausted = np.asarray(jax.vmap(
+      lambda tree: mcts_star.exhausted_nodes(tree, config))(result.tree))
+  for b in range(3):
+    n = int(t.num_nodes[b])
+    assert list(exhausted[b, :n]) == _exhausted_reference(t, b, config)
+    assert not exhausted[b, n:].any()
+    iterations = int(result.iterations[b])
+    gated = bool(result.passed_gate[b])
+    assert n - 1 >= iterations - gated
+    if iterations < config.num_iterations and not gated:
+      assert exhausted[b, 0]
+
+
+def test_without_skipping_dead_leaves_are_selected_again():
+  """The SPEC behaviour the option changes: searches re-select finished
+  leaves, iterations that add no node (so the test above can fail)."""
+  config = mcts_star.MCTSConfig(**{**SKIPPING[1].__dict__,
+                                   "skip_exhausted": False})
+  rows = [[i, i + 3] for i in range(1, 9)]
+  def wasted(result):  # iterations that added no node
+    return (np.asarray(result.iterations) - np.asarray(result.passed_gate)
+            - (np.asarray(result.tree.num_nodes) - 1))
+  assert wasted(_run(rows, config)).max() > 0
+  assert wasted(_run(rows, SKIPPING[1])).max() <= 0

@@ -69,6 +69,12 @@ class MCTSConfig:
     random_ties: children with equal selection scores are chosen between at
       random (SPEC), from the question's key; False: the first in slot order
       (what `sequential.SequentialSearch` does).
+    skip_exhausted: selection passes over exhausted subtrees: leaves it can
+      neither expand nor stop at (finished solutions, and unfinished nodes at
+      max_depth, below the end gate) and nodes whose children are all
+      exhausted; a question with an exhausted root stops. A deviation from
+      SPEC (False), which selects such a leaf again, an iteration that adds
+      nothing but its visit.
   """
 
   num_iterations: int = 50
@@ -86,6 +92,7 @@ class MCTSConfig:
   max_depth: int = 8
   max_step_len: int = 32
   random_ties: bool = True
+  skip_exhausted: bool = False
 
   @property
   def num_slots(self) -> int:
@@ -130,8 +137,10 @@ class SearchResult:
 # --- one tree ---------------------------------------------------------------
 
 
-def _child_scores(t: tree_lib.Tree, node, config: MCTSConfig) -> Array:
-  """`[K]` selection scores of `node`'s children (-inf where none)."""
+def _child_scores(t: tree_lib.Tree, node, config: MCTSConfig,
+                  skip=None) -> Array:
+  """`[K]` selection scores of `node`'s children (-inf where none, and where
+  `skip [N]` is set)."""
   kids = t.children[node]
   idx = jnp.maximum(kids, 0)
   n_c = t.visits[idx].astype(jnp.float32)
@@ -139,13 +148,17 @@ def _child_scores(t: tree_lib.Tree, node, config: MCTSConfig) -> Array:
   explore = config.exploration * jnp.sqrt(
       2.0 * jnp.log(n_p) / jnp.maximum(n_c, 1.0))
   bonus = jnp.where(n_c > 0, explore, config.unvisited_bonus)
-  return jnp.where(kids != tree_lib.NO_CHILD, t.value[idx] + bonus, -jnp.inf)
+  allowed = kids != tree_lib.NO_CHILD
+  if skip is not None:
+    allowed &= ~skip[idx]
+  return jnp.where(allowed, t.value[idx] + bonus, -jnp.inf)
 
 
-def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key) -> Array:
+def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key,
+                skip=None) -> Array:
   """The child to descend to: the highest selection score, ties broken by
   draws from `key` folded with `node` (see `MCTSConfig.random_ties`)."""
-  scores = _child_scores(t, node, config)
+  scores = _child_scores(t, node, config, skip)
   if not config.random_ties:
     return t.children[node, jnp.argmax(scores)]
   draws = jax.random.uniform(jax.random.fold_in(key, node), scores.shape)
@@ -153,11 +166,31 @@ def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key) -> Array:
   return t.children[node, jnp.argmax(jnp.where(top, draws, -1.0))]
 
 
+def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
+  """`[N]` nodes selection cannot use (`MCTSConfig.skip_exhausted`): a leaf
+  that is finished or at max_depth, below the end gate where the search
+  stops there, or an inner node whose children are all exhausted. Slot
+  indices grow with depth, so max_depth passes settle every level."""
+  kids = t.children
+  has_kids = jnp.any(kids != tree_lib.NO_CHILD, axis=-1)
+  stuck = (t.final | (t.depth >= config.max_depth)) & ~has_kids
+  if config.stop_at_end_gate:
+    stuck &= t.value < config.end_gate
+  stuck &= jnp.arange(t.num_slots) < t.num_nodes
+
+  def settle(_, exhausted):
+    kid_done = jnp.where(kids != tree_lib.NO_CHILD,
+                         exhausted[jnp.maximum(kids, 0)], True)
+    return stuck | (has_kids & jnp.all(kid_done, axis=-1))
+  return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
+
+
 def _select(t: tree_lib.Tree, config: MCTSConfig, key) -> Array:
   """Descends from the root to a node without children."""
+  skip = exhausted_nodes(t, config) if config.skip_exhausted else None
   is_inner = lambda node: jnp.any(t.children[node] != tree_lib.NO_CHILD)
   return jax.lax.while_loop(is_inner,
-                            lambda n: _best_child(t, n, config, key),
+                            lambda n: _best_child(t, n, config, key, skip),
                             jnp.int32(tree_lib.ROOT_INDEX))
 
 
@@ -412,6 +445,9 @@ def search(
 
   def running(s: SearchResult) -> Array:
     ok = ~s.passed_gate & (s.iterations < config.num_iterations)
+    if config.skip_exhausted:  # nothing left to select
+      ok &= ~jax.vmap(lambda t: exhausted_nodes(t, config)[
+          tree_lib.ROOT_INDEX])(s.tree)
     return ok & ((budget <= 0) | (s.policy_tokens < budget))
 
   def iteration(carry):
