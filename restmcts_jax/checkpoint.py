@@ -13,11 +13,11 @@ latest one; only the last `max_to_keep` are kept.
 """
 
 import os
-import pathlib
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def abstract_like(tree, shardings=None):
@@ -35,7 +35,9 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike[str], *,
                max_to_keep: int = 3):
-    self.directory = pathlib.Path(directory).absolute()
+    # Local folders absolute (orbax asks for it); URLs (gs://...) as given.
+    self.directory = (epath.Path(directory) if "://" in str(directory)
+                      else epath.Path(os.path.abspath(directory)))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

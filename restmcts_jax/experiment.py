@@ -12,12 +12,14 @@ Workdir layout:
 
 import dataclasses
 import json
-import pathlib
+import os
 from collections.abc import Sequence
 
-from absl import logging
+import fsspec
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
+from etils import epath
 from flax import nnx
 
 from restmcts_jax import checkpoint
@@ -107,18 +109,31 @@ def load_data(config, *, warm_start: bool = True) -> Data:
   return Data(train, test, warmstart, references)
 
 
-def check_workdir(workdir) -> None:
-  """ValueError for a workdir the loop cannot write (a URL)."""
-  if "://" in str(workdir):
+def workdir_path(workdir) -> epath.Path:
+  """`workdir` as a path: a local folder (made absolute) or a URL such as
+  gs://BUCKET/PATH, read and written through `etils.epath` (fsspec: gs://
+  needs gcsfs, `pip install -e '.[gcs]'`).
+
+  Raises:
+    ValueError: naming --workdir when its URL scheme has no file system here.
+  """
+  text = str(workdir)
+  scheme = text.split("://", 1)[0] if "://" in text else None
+  if scheme is None:
+    return epath.Path(os.path.abspath(text))
+  try:
+    fsspec.get_filesystem_class(scheme)
+    return epath.Path(text)
+  except (ImportError, ValueError) as e:
     raise ValueError(
-        f"--workdir={workdir}: URLs are not supported yet; use a local "
-        "folder, or a bucket mounted as one (e.g. gcsfuse) that every "
-        "process sees")
+        f"--workdir={workdir}: cannot read or write {scheme}:// URLs here "
+        f"({e}); for gs:// install the gcs extra (pip install -e '.[gcs]'), "
+        "or use a local folder or a mounted bucket") from e
 
 
 def write_config(config, workdir) -> None:
   """Writes `config.json` into a workdir that has none."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
     path.write_text(json.dumps(json.loads(config.to_json()), indent=2,
                                sort_keys=True))
@@ -127,7 +142,7 @@ def write_config(config, workdir) -> None:
 def check_config(config, workdir) -> None:
   """Raises ValueError naming the first key that differs from the
   workdir's `config.json` (other than RESUMABLE_KEYS)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(
         f"no {path}: with several processes, the workdir must be one folder "
@@ -180,7 +195,7 @@ def tokenizer_for(config, workdir, data: Data) -> Tokenizer:
   questions (held-out text stays out of every part of training)."""
   if config.model.hf_checkpoint:
     return load_tokenizer(config.model.hf_checkpoint)
-  path = pathlib.Path(workdir) / TOKENIZER_FILE
+  path = workdir_path(workdir) / TOKENIZER_FILE
   if path.is_file():
     return SentencePieceTokenizer.load(path)
   # The first `corpus_size` warm-start texts are plenty to fit the pieces.
@@ -329,7 +344,7 @@ def parse_budgets(text: str, key: str = "eval.budgets") -> tuple[int, ...]:
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The config saved in `workdir` (FileNotFoundError naming it if none)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(
         f"no {CONFIG_FILE} in {workdir}: not a workdir of "
@@ -370,7 +385,7 @@ def restore(workdir):
       tokenizer, a complete checkpoint).
     ValueError: when the tokenizer does not match the checkpoint.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"no checkpoint folder at {workdir}")
   config = load_config(workdir)

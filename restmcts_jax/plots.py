@@ -1,9 +1,10 @@
 """PNG plots of a run's results (matplotlib, no display needed)."""
 
-import pathlib
+import io
 from collections.abc import Sequence
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")  # files only: no display on servers and TPU VMs
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -13,20 +14,22 @@ METHOD_LABELS = {"greedy": "CoT (greedy)", "sc": "Self-Consistency",
                  "bon": "Best-of-N", "tot": "ToT-BFS", "mcts": "MCTS*"}
 
 
-def _save(fig, path) -> pathlib.Path:
-  """Writes `fig` to `path` through a temporary file, so a reader never sees
-  half a PNG."""
-  path = pathlib.Path(path)
+def _save(fig, path) -> epath.Path:
+  """Writes `fig` to `path` (local or a URL) through a temporary file, so a
+  reader never sees half a PNG."""
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
+  tmp = path.with_suffix(".tmp.png")
+  tmp.write_bytes(png.getvalue())
   tmp.replace(path)
   return path
 
 
 def accuracy_per_iteration(metrics: Sequence[dict], path, *,
-                           title: str = "") -> pathlib.Path:
+                           title: str = "") -> epath.Path:
   """Accuracy of each method (at the main budget) per self-training
   iteration, from metrics rows with `iteration` and `accuracy_<method>`;
   dashed, the share of sampled solutions that are correct
@@ -49,7 +52,7 @@ def accuracy_per_iteration(metrics: Sequence[dict], path, *,
 
 
 def accuracy_vs_budget(rows: Sequence[dict], path, *,
-                       title: str = "") -> pathlib.Path:
+                       title: str = "") -> epath.Path:
   """Accuracy against measured policy tokens per question, one line per
   method, from rows with `method`, `policy_tokens` and `accuracy`."""
   fig, ax = plt.subplots(figsize=(6, 4))

@@ -23,6 +23,7 @@ import functools
 import json
 import pathlib
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from restmcts_jax import checkpoint
@@ -150,7 +152,7 @@ class Buffers:
 # --- outputs ------------------------------------------------------------------
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
+def _write_atomic(path: epath.Path, text: str) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   tmp.replace(path)
@@ -165,12 +167,17 @@ class Outputs:
     plots/accuracy_per_iteration.png, plots/accuracy_vs_budget.png
     trees/iteration_<i>/{search,eval}_<q>.html
     tensorboard/    TensorBoard event files
+
+  The workdir may be a URL (gs://...): files go through `etils.epath`, and
+  TensorBoard events are written to a local folder and copied after each
+  flush.
   """
 
-  def __init__(self, workdir: pathlib.Path, *, enabled: bool):
+  def __init__(self, workdir: epath.Path, *, enabled: bool):
     self.workdir = workdir
     self.enabled = enabled  # only process 0 writes
     self._writer = None
+    self._events = None  # local folder of the events of a URL workdir
 
   def publish(self, meta: dict, new_row: dict | None) -> None:
     if not self.enabled:
@@ -189,14 +196,25 @@ class Outputs:
         curve, self.workdir / "plots" / "accuracy_vs_budget.png",
         title=f"Accuracy vs token budget, iteration {last}")
     if new_row is not None:
-      if self._writer is None:
-        import tensorboardX  # pylint: disable=g-import-not-at-top
-        self._writer = tensorboardX.SummaryWriter(
-            str(self.workdir / "tensorboard"))
-      for key, value in new_row.items():
-        if isinstance(value, (int, float)) and key != "iteration":
-          self._writer.add_scalar(key, value, new_row["iteration"])
-      self._writer.flush()
+      self._tensorboard(new_row)
+
+  def _tensorboard(self, row: dict) -> None:
+    if self._writer is None:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      folder = self.workdir / "tensorboard"
+      if _is_url(self.workdir):
+        self._events = tempfile.TemporaryDirectory()
+        folder = self._events.name
+      self._writer = tensorboardX.SummaryWriter(str(folder))
+    for key, value in row.items():
+      if isinstance(value, (int, float)) and key != "iteration":
+        self._writer.add_scalar(key, value, row["iteration"])
+    self._writer.flush()
+    if self._events is not None:
+      target = self.workdir / "tensorboard"
+      target.mkdir(parents=True, exist_ok=True)
+      for local in pathlib.Path(self._events.name).iterdir():
+        (target / local.name).write_bytes(local.read_bytes())
 
   def trees(self, iteration: int, kind: str, result, decode,
             count: int) -> None:
@@ -214,6 +232,12 @@ class Outputs:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+    if self._events is not None:
+      self._events.cleanup()
+
+
+def _is_url(path) -> bool:
+  return "://" in str(path)
 
 
 class StopOnSignal:
@@ -250,7 +274,7 @@ class StopOnSignal:
 class _Loop:
   """The phases of one run; state is `{"policy", "value"}` parameters."""
 
-  def __init__(self, config, workdir: pathlib.Path,
+  def __init__(self, config, workdir: epath.Path,
                checkpoints: checkpoint.Checkpointer):
     if config.mode not in MODES:
       raise ValueError(f"config.mode={config.mode!r}: choose from {MODES}")
@@ -595,8 +619,7 @@ def run(config, workdir) -> list[dict]:
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
   rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
   """
-  experiment.check_workdir(workdir)
-  workdir = pathlib.Path(workdir)
+  workdir = experiment.workdir_path(workdir)
   if distributed.is_main():
     workdir.mkdir(parents=True, exist_ok=True)
     experiment.write_config(config, workdir)

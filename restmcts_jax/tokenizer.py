@@ -13,9 +13,11 @@ import abc
 from collections.abc import Iterable
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 PathLike = str | os.PathLike
 
@@ -115,11 +117,11 @@ class SentencePieceTokenizer(Tokenizer):
 
   @classmethod
   def load(cls, path: PathLike) -> "SentencePieceTokenizer":
-    """Loads a `.model` file."""
-    path = pathlib.Path(path)
+    """Loads a `.model` file (a local path or a URL such as gs://...)."""
+    path = epath.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f"No SentencePiece model file at {path}.")
-    return cls(spm.SentencePieceProcessor(model_file=str(path)))
+    return cls(spm.SentencePieceProcessor(model_proto=path.read_bytes()))
 
   @classmethod
   def train(
@@ -142,7 +144,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     Args:
       texts: the corpus.
-      model_prefix: where to write `.model` and `.vocab` (folder must exist).
+      model_prefix: where to write `.model` and `.vocab` (folder must exist;
+        a local path or a URL).
       vocab_size: includes the 256 byte pieces and the 5 ids above.
       model_type: "bpe" or "unigram".
       character_coverage: share of characters given their own piece.
@@ -168,9 +171,15 @@ class SentencePieceTokenizer(Tokenizer):
         minloglevel=2,
     )
     flags.update(options)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(model_prefix), **flags
-    )
+    # The trainer writes local files only: train in a scratch folder, then
+    # copy the two files where they belong.
+    with tempfile.TemporaryDirectory() as scratch:
+      local = os.path.join(scratch, "sp")
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(texts), model_prefix=local, **flags)
+      for suffix in (".model", ".vocab"):
+        epath.Path(f"{model_prefix}{suffix}").write_bytes(
+            pathlib.Path(local + suffix).read_bytes())
     return cls.load(f"{model_prefix}.model")
 
   def encode(

@@ -18,6 +18,7 @@ from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import selftrain
 from restmcts_jax.tokenizer import SentencePieceTokenizer
+from tests import fake_gcs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ("--config", "configs/tiny.py", "--config.iterations=1")
@@ -232,3 +233,34 @@ def test_an_unknown_config_key_is_named(tmp):
       check=False)
   assert out.returncode != 0
   assert "serach" in out.stderr
+
+
+def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(finished,
+                                                                   tmp):
+  """--workdir=gs://BUCKET/PATH: every file through etils.epath, checkpoints
+  through orbax (gs:// mapped onto local disk by `fake_gcs`)."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.iterations = 1
+  bucket = tmp / "bucket_root"
+  url = "gs://bucket/runs/tiny"
+  with fake_gcs.bucket_root(bucket):
+    selftrain.run(config, url)
+    on_disk = bucket / "bucket" / "runs" / "tiny"
+    assert _metrics(on_disk) == _metrics(finished)
+    for name in ("config.json", "tokenizer.model", "eval.jsonl",
+                 "plots/accuracy_vs_budget.png",
+                 "trees/iteration_1/search_0.html"):
+      assert (on_disk / name).is_file(), name
+    assert list((on_disk / "tensorboard").glob("events.out.tfevents.*"))
+    assert _steps(on_disk)[-1] == LAST_PHASE
+    # A rerun resumes from the bucket's last checkpoint.
+    assert selftrain.run(config, url) == _metrics(finished)
+    _, tokenizer, _, meta = experiment.restore(url)
+    assert meta["metrics"] == _metrics(finished)
+    assert tokenizer.vocab_size == config.tokenizer.vocab_size
+
+
+def test_a_workdir_url_without_a_file_system_is_named():
+  with pytest.raises(ValueError, match="--workdir=nosuch://b/x"):
+    experiment.workdir_path("nosuch://b/x")
