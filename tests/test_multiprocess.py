@@ -51,26 +51,35 @@ def _metrics(workdir):
           (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
+def _one_and_two_processes(tmp_path, devices, *extra, timeout=900):
+  """Runs the sums task in one process with `devices` devices and in two
+  processes with half as many each; returns both workdirs and the two
+  processes' output."""
   data = sums_task.write_data(tmp_path / "sums.jsonl")
-  single = _main(tmp_path / "one_process", _env(tmp_path, 2), data)
-  out, _ = single.communicate(timeout=600)
+  single = _main(tmp_path / "one_process", _env(tmp_path, devices), data,
+                 *extra)
+  out, _ = single.communicate(timeout=timeout)
   assert single.returncode == 0, out
 
   port = _free_port()
   workdir = tmp_path / "two_processes"  # shared, as a GCS bucket would be
   processes = [
-      _main(workdir, _env(tmp_path, 1), data,
+      _main(workdir, _env(tmp_path, devices // 2), data, *extra,
             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
             f"--process_id={i}") for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in processes]
+  outs = [p.communicate(timeout=timeout)[0] for p in processes]
   for p, out in zip(processes, outs):
     assert p.returncode == 0, out
   metrics = _metrics(tmp_path / "one_process")
   # Both models trained on searched data: there is something to compare.
   assert metrics[1]["traces"] > 0 and metrics[1]["value_records"] > 0
-  assert _metrics(workdir) == metrics
+  return metrics, _metrics(workdir), workdir, outs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  metrics, two, workdir, outs = _one_and_two_processes(tmp_path, 2)
+  assert two == metrics
   # Only process 0 prints and writes the results.
   assert "iteration=1" in outs[0] and "iteration=1" not in outs[1]
   assert (workdir / "plots" / "accuracy_per_iteration.png").is_file()
@@ -81,24 +90,8 @@ def test_a_search_block_spanning_two_processes_matches_one_process(tmp_path):
   """fsdp x tensor = 2 x 2 over two processes of 2 devices each: both search
   every question together on one block, and each question's rows count
   once."""
-  data = sums_task.write_data(tmp_path / "sums.jsonl")
-  mesh = ["--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
-  single = _main(tmp_path / "one_process", _env(tmp_path, 4), data, *mesh)
-  out, _ = single.communicate(timeout=900)
-  assert single.returncode == 0, out
-
-  port = _free_port()
-  workdir = tmp_path / "two_processes"
-  processes = [
-      _main(workdir, _env(tmp_path, 2), data, *mesh,
-            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-            f"--process_id={i}") for i in range(2)]
-  outs = [p.communicate(timeout=900)[0] for p in processes]
-  for p, out in zip(processes, outs):
-    assert p.returncode == 0, out
-  metrics = _metrics(tmp_path / "one_process")
-  assert metrics[1]["traces"] > 0 and metrics[1]["value_records"] > 0
-  spanning = _metrics(workdir)
+  metrics, spanning, _, _ = _one_and_two_processes(
+      tmp_path, 4, "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
   assert len(spanning) == len(metrics)
   for a, b in zip(metrics, spanning):
     assert a.keys() == b.keys()
