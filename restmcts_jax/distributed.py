@@ -12,6 +12,7 @@ training data; training runs on a mesh over all devices of all processes.
 """
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -227,17 +228,23 @@ def to_search(tree, mesh: jax.sharding.Mesh):
 def fetch(tree):
   """`jax.device_get` that also takes outputs of a search on a block spanning
   processes: an array this process holds only part of is first replicated
-  over its block (one compiled copy for all of them; every process of the
-  block must call this with the same tree)."""
+  over its block (every process of the block must call this with the same
+  tree)."""
   leaves, treedef = jax.tree.flatten(tree)
   partial = [i for i, x in enumerate(leaves)
              if isinstance(x, jax.Array) and not x.is_fully_addressable
              and not x.is_fully_replicated]
   if partial:
-    replicated = [NamedSharding(leaves[i].sharding.mesh, PartitionSpec())
-                  for i in partial]
-    gathered = jax.jit(lambda *xs: xs, out_shardings=tuple(replicated))(
-        *[leaves[i] for i in partial])
+    gathered = _replicator(tuple(
+        NamedSharding(leaves[i].sharding.mesh, PartitionSpec())
+        for i in partial))(*[leaves[i] for i in partial])
     for i, x in zip(partial, gathered):
       leaves[i] = x
   return jax.device_get(jax.tree.unflatten(treedef, leaves))
+
+
+@functools.lru_cache(maxsize=None)
+def _replicator(shardings: tuple[NamedSharding, ...]):
+  """One jitted copy per set of target shardings (compiled once per shapes,
+  not once per call)."""
+  return jax.jit(lambda *xs: xs, out_shardings=shardings)

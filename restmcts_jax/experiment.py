@@ -11,6 +11,7 @@ Workdir layout:
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -122,9 +123,12 @@ def workdir_path(workdir) -> epath.Path:
   if scheme is None:
     return epath.Path(os.path.abspath(text))
   try:
-    fsspec.get_filesystem_class(scheme)
-    return epath.Path(text)
-  except (ImportError, ValueError) as e:
+    path = epath.Path(text)
+    # epath reads gs:// through TensorFlow where it is installed, else fsspec.
+    if importlib.util.find_spec("tensorflow") is None or scheme != "gs":
+      fsspec.get_filesystem_class(scheme)
+    return path
+  except (ImportError, ValueError, KeyError, NotImplementedError) as e:
     raise ValueError(
         f"--workdir={workdir}: cannot read or write {scheme}:// URLs here "
         f"({e}); for gs:// install the gcs extra (pip install -e '.[gcs]'), "

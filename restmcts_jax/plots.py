@@ -15,13 +15,16 @@ METHOD_LABELS = {"greedy": "CoT (greedy)", "sc": "Self-Consistency",
 
 
 def _save(fig, path) -> epath.Path:
-  """Writes `fig` to `path` (local or a URL) through a temporary file, so a
-  reader never sees half a PNG."""
+  """Writes `fig` to `path` (local or a URL); a reader never sees half a
+  PNG."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
+  if "://" in str(path):  # a bucket writes each object whole
+    path.write_bytes(png.getvalue())
+    return path
   tmp = path.with_suffix(".tmp.png")
   tmp.write_bytes(png.getvalue())
   tmp.replace(path)

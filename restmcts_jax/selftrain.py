@@ -153,6 +153,11 @@ class Buffers:
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
+  """A reader sees the old text or the new, never half: through a temporary
+  file on disk; directly to a bucket, whose objects are written whole."""
+  if _is_url(path):
+    path.write_text(text)
+    return
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   tmp.replace(path)

@@ -9,6 +9,7 @@ import importlib
 import os
 
 import fsspec
+from etils.epath import gpath
 from fsspec.implementations import local
 from orbax.checkpoint._src.path import gcs_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
@@ -48,10 +49,12 @@ def bucket_root(root):
     return build_kvstore_tspec(_local_path(root, str(directory)), *args,
                                **kwargs)
 
-  # orbax asks the bucket (google-cloud-storage) about its namespace.
+  # orbax asks the bucket (google-cloud-storage) about its namespace; epath
+  # would take gs:// through TensorFlow where it is installed.
   patches = {
       ts_utils: dict(build_kvstore_tspec=local_kvstore_tspec),
-      gcs_utils: dict(is_hierarchical_namespace_enabled=lambda path: False)}
+      gcs_utils: dict(is_hierarchical_namespace_enabled=lambda path: False),
+      gpath: dict(_is_tf_installed=lambda: False)}
   saved_fns = {(m, n): getattr(m, n) for m, fns in patches.items()
                for n in fns}
   saved = {p: _REGISTRY.get(p) for p in _PROTOCOLS}

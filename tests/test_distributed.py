@@ -3,6 +3,7 @@
 import hypothesis
 import jax
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -65,3 +66,23 @@ def test_group_shards_concatenate_to_all_items_in_order(count, groups):
   shards = [distributed.SearchGroup(index=i, count=groups).shard(count)
             for i in range(groups)]
   assert [i for s in shards for i in range(count)[s]] == list(range(count))
+
+
+@pytest.mark.parametrize("local, total, fsdp, tensor, fits", [
+    (8, 8, 2, 2, True),    # a block within the one process
+    (2, 8, 2, 2, True),    # a block of two whole processes
+    (2, 8, 4, 2, True),    # one block over all four processes
+    (4, 12, 3, 2, False),  # 6 devices: half a process more than one
+    (2, 8, 3, 1, False),   # 3 devices divide neither a process nor the job
+])
+def test_a_mesh_block_lies_within_a_process_or_spans_whole_ones(
+    monkeypatch, local, total, fsdp, tensor, fits):
+  monkeypatch.setattr(jax, "local_device_count", lambda: local)
+  monkeypatch.setattr(jax, "device_count", lambda: total)
+  if fits:  # the 8 simulated devices, grouped as asked
+    assert distributed.mesh(fsdp, tensor).shape == dict(
+        data=8 // (fsdp * tensor), fsdp=fsdp, tensor=tensor)
+    return
+  with pytest.raises(ValueError, match=f"config.mesh.fsdp={fsdp} x "
+                     f"config.mesh.tensor={tensor} must divide"):
+    distributed.mesh(fsdp, tensor)

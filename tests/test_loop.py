@@ -235,8 +235,8 @@ def test_an_unknown_config_key_is_named(tmp):
   assert "serach" in out.stderr
 
 
-def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(finished,
-                                                                   tmp):
+def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(
+    finished, tmp, caplog):
   """--workdir=gs://BUCKET/PATH: every file through etils.epath, checkpoints
   through orbax (gs:// mapped onto local disk by `fake_gcs`)."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
@@ -254,13 +254,18 @@ def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(finished,
       assert (on_disk / name).is_file(), name
     assert list((on_disk / "tensorboard").glob("events.out.tfevents.*"))
     assert _steps(on_disk)[-1] == LAST_PHASE
-    # A rerun resumes from the bucket's last checkpoint.
-    assert selftrain.run(config, url) == _metrics(finished)
+    # A rerun resumes from the bucket's last checkpoint: no phase runs again.
+    steps = _steps(on_disk)
+    with caplog.at_level("INFO"):
+      assert selftrain.run(config, url) == _metrics(finished)
+    assert f"resumed after phase eval of iteration 1 from {url}" in caplog.text
+    assert _steps(on_disk) == steps
     _, tokenizer, _, meta = experiment.restore(url)
     assert meta["metrics"] == _metrics(finished)
     assert tokenizer.vocab_size == config.tokenizer.vocab_size
 
 
-def test_a_workdir_url_without_a_file_system_is_named():
-  with pytest.raises(ValueError, match="--workdir=nosuch://b/x"):
-    experiment.workdir_path("nosuch://b/x")
+@pytest.mark.parametrize("url", ["nosuch://b/x", "memory://b/x"])
+def test_a_workdir_url_without_a_file_system_is_named(url):
+  with pytest.raises(ValueError, match=f"--workdir={url}"):
+    experiment.workdir_path(url)

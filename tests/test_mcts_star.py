@@ -262,15 +262,20 @@ def _exhausted_reference(t, b, config):
     if kids:
       return all(exhausted(k) for k in kids)
     stuck = t.final[b, p] or t.depth[b, p] >= config.max_depth
-    if config.stop_at_end_gate:
-      stuck = stuck and t.value[b, p] < config.end_gate
-    return bool(stuck)
+    stops = config.stop_at_end_gate and t.value[b, p] >= config.end_gate and (
+        t.final[b, p] or not config.gate_requires_final)
+    return bool(stuck and not stops)
   return [exhausted(p) for p in range(int(t.num_nodes[b]))]
 
 
 SKIPPING = [mcts_star.MCTSConfig(**{**c.__dict__, "skip_exhausted": True,
                                     "num_iterations": 40})
-            for c in CONFIGS]
+            for c in CONFIGS] + [
+    # As evaluation answers: the gate takes finished solutions only, so an
+    # unfinished leaf at max_depth is exhausted whatever its value.
+    mcts_star.MCTSConfig(**{**CONFIGS[1].__dict__, "skip_exhausted": True,
+                            "num_iterations": 40, "max_depth": 2,
+                            "end_gate": 0.3, "gate_requires_final": True})]
 
 
 @settings(max_examples=15, deadline=None)

@@ -168,14 +168,18 @@ def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key,
 
 def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
   """`[N]` nodes selection cannot use (`MCTSConfig.skip_exhausted`): a leaf
-  that is finished or at max_depth, below the end gate where the search
-  stops there, or an inner node whose children are all exhausted. Slot
-  indices grow with depth, so max_depth passes settle every level."""
+  it can neither expand (finished, or at max_depth) nor stop at (below the
+  end gate, or unfinished where the gate takes finished solutions only), or
+  an inner node whose children are all exhausted. Each pass settles one more
+  level of the tree."""
   kids = t.children
   has_kids = jnp.any(kids != tree_lib.NO_CHILD, axis=-1)
   stuck = (t.final | (t.depth >= config.max_depth)) & ~has_kids
   if config.stop_at_end_gate:
-    stuck &= t.value < config.end_gate
+    stops = t.value >= config.end_gate
+    if config.gate_requires_final:
+      stops &= t.final
+    stuck &= ~stops
   stuck &= jnp.arange(t.num_slots) < t.num_nodes
 
   def settle(_, exhausted):
@@ -185,9 +189,9 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
   return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
 
 
-def _select(t: tree_lib.Tree, config: MCTSConfig, key) -> Array:
-  """Descends from the root to a node without children."""
-  skip = exhausted_nodes(t, config) if config.skip_exhausted else None
+def _select(t: tree_lib.Tree, config: MCTSConfig, key, skip=None) -> Array:
+  """Descends from the root to a node without children, passing over the
+  nodes in `skip [N]` if given."""
   is_inner = lambda node: jnp.any(t.children[node] != tree_lib.NO_CHILD)
   return jax.lax.while_loop(is_inner,
                             lambda n: _best_child(t, n, config, key, skip),
@@ -443,18 +447,25 @@ def search(
                        iterations=zeros, policy_tokens=zeros,
                        value_tokens=zeros)
 
-  def running(s: SearchResult) -> Array:
+  def exhausted(tree) -> Array | None:
+    if not config.skip_exhausted:
+      return None
+    return jax.vmap(lambda t: exhausted_nodes(t, config))(tree)
+
+  def running(s: SearchResult, skip: Array | None) -> Array:
     ok = ~s.passed_gate & (s.iterations < config.num_iterations)
-    if config.skip_exhausted:  # nothing left to select
-      ok &= ~jax.vmap(lambda t: exhausted_nodes(t, config)[
-          tree_lib.ROOT_INDEX])(s.tree)
+    if skip is not None:  # nothing left to select
+      ok &= ~skip[:, tree_lib.ROOT_INDEX]
     return ok & ((budget <= 0) | (s.policy_tokens < budget))
 
   def iteration(carry):
     s, memory = carry
-    active = running(s)
+    skip = exhausted(s.tree)
+    active = running(s, skip)
     tie_keys = _row_keys(keys, s.iterations, _TIE_PHASE, 1)
-    leaf = jax.vmap(lambda t, key: _select(t, config, key))(s.tree, tie_keys)
+    leaf = jax.vmap(lambda t, key, sk: _select(t, config, key, sk),
+                    in_axes=(0, 0, None if skip is None else 0))(
+                        s.tree, tie_keys, skip)
     value_at_leaf = s.tree.value[jnp.arange(b), leaf]
     gate = active & (leaf != tree_lib.ROOT_INDEX) & (
         value_at_leaf >= config.end_gate)
@@ -476,8 +487,9 @@ def search(
         value_tokens=s.value_tokens + v1 + v2,
     ), memory
 
-  s, _ = jax.lax.while_loop(lambda c: jnp.any(running(c[0])), iteration,
-                            (state, models.init(tree)))
+  s, _ = jax.lax.while_loop(
+      lambda c: jnp.any(running(c[0], exhausted(c[0].tree))), iteration,
+      (state, models.init(tree)))
   best = best_value_node(s.tree, prefer_final=config.prefer_final_answer)
   return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node, best))
 
