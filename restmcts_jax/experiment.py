@@ -375,8 +375,9 @@ def _backfill(config) -> dict:
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False,
-          "eval.search": {k: v for k, v in config.search.items()
-                          if k in EVAL_SEARCH_KEYS}}
+          "eval.search": {**{k: v for k, v in config.search.items()
+                             if k in EVAL_SEARCH_KEYS},
+                          "skip_exhausted": False}}
 
 
 

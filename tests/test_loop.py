@@ -160,8 +160,10 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   unusual["search"].update(branch=3, exploration=0.123)
   path.write_text(json.dumps(unusual))
   eval_search = experiment.load_config(workdir).eval.search.to_dict()
-  assert eval_search == {k: unusual["search"][k]
-                         for k in experiment.EVAL_SEARCH_KEYS}
+  assert eval_search == {**{k: unusual["search"][k]
+                            for k in experiment.EVAL_SEARCH_KEYS
+                            if k != "skip_exhausted"},
+                         "skip_exhausted": False}
   path.write_text(json.dumps(saved))
   # Filled in with what runs did before the keys existed.
   results = evaluate.evaluate_checkpoint(
