@@ -172,15 +172,14 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
   end gate, or unfinished where the gate takes finished solutions only), or
   an inner node whose children are all exhausted. Each pass settles one more
   level of the tree."""
-  kids = t.children
-  has_kids = jnp.any(kids != tree_lib.NO_CHILD, axis=-1)
+  kids, has_kids = t.children, t.expanded
   stuck = (t.final | (t.depth >= config.max_depth)) & ~has_kids
   if config.stop_at_end_gate:
     stops = t.value >= config.end_gate
     if config.gate_requires_final:
       stops &= t.final
     stuck &= ~stops
-  stuck &= jnp.arange(t.num_slots) < t.num_nodes
+  stuck &= t.used
 
   def settle(_, exhausted):
     kid_done = jnp.where(kids != tree_lib.NO_CHILD,

@@ -74,12 +74,12 @@ class Tree:
 
   @property
   def used(self) -> Array:
-    """`[B, N]` whether each slot holds a node."""
-    return jnp.arange(self.num_slots) < self.num_nodes[:, None]
+    """`[B, N]` (or `[N]` for one tree) whether each slot holds a node."""
+    return jnp.arange(self.num_slots) < self.num_nodes[..., None]
 
   @property
   def expanded(self) -> Array:
-    """`[B, N]` whether each node has children."""
+    """`[B, N]` (or `[N]`) whether each node has children."""
     return jnp.any(self.children != NO_CHILD, axis=-1)
 
 
