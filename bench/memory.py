@@ -23,7 +23,6 @@ accelerator's compiler fuses differently, so read temporaries as an estimate
 """
 
 import dataclasses
-import json
 import pathlib
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np
 from restmcts_jax import distributed
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
-from restmcts_jax.models import hf_io
+from restmcts_jax.models import presets
 from restmcts_jax.models import transformer as transformer_lib
 from restmcts_jax.models import value_head
 from restmcts_jax.search import mcts_star
@@ -51,47 +50,11 @@ from restmcts_jax.training import steps as training_steps
 # Config files import `configs.*`, which lives next to `bench/`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-# Hugging Face `config.json` fields of the Qwen2.5 instruct models.
-_QWEN25 = dict(architectures=["Qwen2ForCausalLM"], hidden_act="silu",
-               rms_norm_eps=1e-6, rope_theta=1e6,
-               max_position_embeddings=32768)
-PRESETS = {
-    "qwen2.5-0.5b": dict(_QWEN25, hidden_size=896, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2,
-                         intermediate_size=4864, vocab_size=151936,
-                         tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(_QWEN25, hidden_size=1536, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2,
-                         intermediate_size=8960, vocab_size=151936,
-                         tie_word_embeddings=True),
-    "qwen2.5-7b": dict(_QWEN25, hidden_size=3584, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4,
-                       intermediate_size=18944, vocab_size=152064,
-                       tie_word_embeddings=False),
-    # The CPU default's model, for a quick check of the tool itself.
-    "tiny": dict(_QWEN25, hidden_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=512,
-                 tie_word_embeddings=False),
-}
+PRESETS = presets.PRESETS
+model_config = presets.model_config
 
 CALLS = ("collect", "train_policy", "train_value", "greedy", "sc", "bon",
          "tot", "mcts")
-
-
-def model_config(model: str) -> transformer_lib.TransformerConfig:
-  """The architecture of a preset or of `model/config.json`.
-
-  Raises:
-    ValueError: naming `--model` when it is neither.
-  """
-  if model in PRESETS:
-    return hf_io.config_from_hf(PRESETS[model])
-  path = pathlib.Path(model) / "config.json"
-  if not path.is_file():
-    raise ValueError(f"--model={model}: neither a preset ({sorted(PRESETS)}) "
-                     f"nor a folder with a config.json")
-  return hf_io.config_from_hf(json.loads(path.read_text()))
 
 
 def _abstract(state, shardings):
@@ -256,7 +219,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--calls: unknown {unknown}; known: {CALLS}")
   devices = config.mesh.fsdp * config.mesh.tensor
-  jax.config.update("jax_num_cpu_devices", devices)
+  jax.config.update("jax_num_cpu_devices", devices)  # simulated on CPU
   model = dataclasses.replace(model_config(_MODEL.value),
                               dtype=experiment.compute_dtype(config))
   n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.eval_shape(
@@ -265,7 +228,8 @@ def main(argv):
         f"(policy and value model), {jnp.dtype(model.param_dtype).name} "
         f"parameters, {jnp.dtype(model.dtype).name} compute; "
         f"mesh block fsdp={config.mesh.fsdp} x tensor={config.mesh.tensor} "
-        f"({devices} simulated CPU devices); per device:")
+        f"({devices} {jax.devices()[0].platform.upper()} devices, jax "
+        f"{jax.__version__}); per device:")
   print(table(measure(config, model, _CALLS.value,
                       _EVAL_TOKENS.value)))
 

@@ -620,9 +620,14 @@ class _Loop:
     return state, buffers
 
 
-def run(config, workdir) -> list[dict]:
+def run(config, workdir,
+        on_phase: Callable[[str, int, float], None] | None = None
+        ) -> list[dict]:
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
   rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
+
+  `on_phase(name, iteration, seconds)` is called after each phase that runs
+  (before its checkpoint is written), e.g. by `bench/loop.py`.
   """
   workdir = experiment.workdir_path(workdir)
   if distributed.is_main():
@@ -653,7 +658,13 @@ def run(config, workdir) -> list[dict]:
       for index in range(meta["phase"] + 1, len(phases)):
         name, iteration = phases[index]
         rows_before = len(meta["metrics"])
+        start = time.perf_counter()
         state, buffers = getattr(loop, name)(state, buffers, meta, iteration)
+        seconds = time.perf_counter() - start
+        logging.info("phase %s of iteration %d took %.1f s", name, iteration,
+                     seconds)
+        if on_phase is not None:
+          on_phase(name, iteration, seconds)
         meta["phase"] = index
         # Global arrays: orbax writes each shard once, from its process.
         checkpoints.save(index, state, buffers.to_arrays(), meta)

@@ -271,3 +271,41 @@ def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(
 def test_a_workdir_url_without_a_file_system_is_named(url):
   with pytest.raises(ValueError, match=f"--workdir={url}"):
     experiment.workdir_path(url)
+
+
+_COMPILE_TWICE = """
+import sys, time
+import jax, jax.numpy as jnp
+from restmcts_jax import experiment
+experiment.enable_compilation_cache(sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name.endswith("cache_hits")))
+# A fresh jitted function each time, as each training call makes.
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+print("HITS", sum(hits), jax.config.jax_compilation_cache_dir)
+"""
+
+
+def _compile_twice(directory, env):
+  out = subprocess.run([sys.executable, "-c", _COMPILE_TWICE, str(directory)],
+                       cwd=ROOT, env=env, capture_output=True, text=True,
+                       check=True).stdout
+  hits, where = out.split("HITS ")[1].split()
+  return int(hits), where
+
+
+def test_the_compilation_cache_serves_a_fresh_jit_and_yields_to_the_env(tmp):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("JAX_COMPILATION_CACHE")}
+  hits, where = _compile_twice(tmp / "xla", env)
+  assert where == str(tmp / "xla") and hits >= 1
+  assert any((tmp / "xla").iterdir())
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "from_env")
+  _, where = _compile_twice(tmp / "xla", env)
+  assert where == str(tmp / "from_env")
+  hits, where = _compile_twice("", {k: v for k, v in env.items()
+                                    if k != "JAX_COMPILATION_CACHE_DIR"})
+  assert (hits, where) == (0, "None")

@@ -1,0 +1,93 @@
+"""bench/loop.py: phase rows with throughput from the loop's metrics, and a
+run on a random tiny checkpoint end to end."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import gsm8k_qwen2
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "gsm8k_train_sample.jsonl"
+_spec = importlib.util.spec_from_file_location("bench_loop",
+                                               ROOT / "bench" / "loop.py")
+loop = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(loop)
+
+
+def test_throughput_counts_steps_tokens_and_questions_net_of_compiling():
+  config = gsm8k_qwen2.get_config("unused")
+  config.search_questions = 32
+  config.warmstart.update(steps=20, value_steps=10)
+  config.train.update(policy_steps=7, value_steps=5)
+  phases = [loop.Phase("warmstart", 0, 12.0, 2.0, 3, 1.5),
+            loop.Phase("collect", 1, 9.0, 1.0, 2, 2.0),
+            loop.Phase("train", 1, 3.0, 0.5, 1, 2.0),
+            loop.Phase("eval", 1, 4.0, 0.0, 0, 2.0)]
+  metrics = [dict(iteration=0),
+             dict(iteration=1, search_policy_tokens=100.0, value_loss=0.1,
+                  policy_loss=None, tokens_greedy=48.0, tokens_mcts=117.4)]
+  loop.add_throughput(phases, metrics, config, num_train=20)
+  # 30 steps in 10 s; 20 questions (fewer than 32) x 100 tokens in 8 s; only
+  # the value model trained (5 steps in 2.5 s).
+  assert phases[0].throughput == "30 AdamW steps, 3.00/s"
+  assert phases[1].throughput == ("2,000 policy tokens, 250/s; "
+                                  "2.50 questions/s")
+  assert phases[2].throughput == "5 AdamW steps, 2.00/s"
+  assert phases[3].throughput == ("policy tokens per question: greedy 48, "
+                                  "mcts 117")
+  lines = loop.table(phases).splitlines()
+  assert len(lines) == 2 + len(phases)
+  assert [f.strip() for f in lines[3].split("|")] == [
+      "collect", "1", "9.0", "1.0", "2", "2.00", phases[1].throughput]
+
+
+def test_recorder_reads_compile_events_between_phases():
+  recorder = loop.PhaseRecorder()
+  recorder._event("/jax/core/compile/backend_compile_duration", 1.5)
+  recorder._event("/jax/core/compile/jaxpr_trace_duration", 0.5)
+  recorder._event("/jax/something_else", 9.0)
+  recorder("warmstart", 0, 4.0)
+  recorder("eval", 0, 1.0)
+  first, second = recorder.phases
+  assert (first.compile_seconds, first.compiles) == (2.0, 1)
+  assert (second.compile_seconds, second.compiles) == (0.0, 0)
+
+
+@pytest.mark.slow
+def test_a_tiny_random_checkpoint_runs_every_phase(tmp_path):
+  out = tmp_path / "rows.json"
+  args = ["--model=tiny", f"--data={SAMPLE}", "--tokenizer_vocab=400",
+          f"--workdir={tmp_path / 'work'}", f"--json={out}",
+          "--config.question_width=512", "--config.iterations=1",
+          "--config.progress=False", "--config.search_questions=2",
+          "--config.search_batch=2", "--config.search.num_iterations=2",
+          "--config.eval.num_test=2", "--config.eval.batch_size=2",
+          "--config.eval.budgets=2", "--config.eval.budget=2",
+          "--config.eval.methods=greedy,mcts",
+          "--config.eval.mcts_iterations=2", "--config.warmstart.steps=2",
+          "--config.warmstart.value_steps=2", "--config.max_depth=2",
+          "--config.sampler.max_step_len=8"]
+  # One CPU device, not the suite's eight: batches of 4 split over one.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "bench/loop.py", *args], cwd=ROOT,
+                       env=env, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+  printed = run.stdout
+  rows = json.loads(out.read_text())
+  assert [(p["name"], p["iteration"]) for p in rows["phases"]] == [
+      ("warmstart", 0), ("eval", 0), ("collect", 1), ("train", 1),
+      ("eval", 1)]
+  assert rows["phases"][0]["throughput"].startswith("4 AdamW steps")
+  assert rows["phases"][1]["compiles"] > 0  # the evaluation's programs
+  assert "policy tokens per question: greedy" in rows["phases"][-1][
+      "throughput"]
+  assert [m["iteration"] for m in rows["metrics"]] == [0, 1]
+  assert "phase |" in printed
+  config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+  assert config["model"]["hf_checkpoint"] == str(tmp_path / "work" / "model")
