@@ -62,8 +62,15 @@ trained; see the table above). A block may also span whole hosts (F x T a
 multiple of a host's devices, e.g. fsdp 16 over two 8-GPU hosts): their
 processes then search the same questions together, over the interconnect.
 These layouts are tested on 8 simulated CPU devices and on two CPU processes
-sharing one block (the same metrics as replicated / as one process); no
-accelerator was measured.
+sharing one block (the same metrics as replicated / as one process).
+
+Measured on one H100 at 0.5B (random weights, f32; BENCHMARKS.md): an AdamW
+step at batch 4 runs in 135 / 270 / 1,132 ms at 128 / 256 / 1,024 tokens
+(27.7 GiB peak for the three) but compiles in ~17 s per length, and the
+search and evaluation programs take longer still, so a first run is
+compile-bound: the warm start's 40 steps took 260 s, and evaluating greedy,
+SC and MCTS* on 16 questions did not finish in 280 s. `main`'s persistent
+compilation cache makes later iterations and reruns load those programs.
 """
 
 from configs import game24
