@@ -83,38 +83,53 @@ def random_checkpoint(folder: pathlib.Path, model: str, texts,
 
 @dataclasses.dataclass
 class Phase:
+  """One phase of the loop as `PhaseRecorder` saw it."""
+
   name: str
   iteration: int
   seconds: float
-  compile_seconds: float
-  compiles: int  # XLA programs built (jit cache misses) during the phase
+  compile_seconds: float  # tracing, lowering and XLA compiling (or loading)
+  compiles: int  # XLA programs built or loaded from a compilation cache
   peak_gib: float | None  # the device's peak so far; None where unreported
   throughput: str = ""
 
 
 class PhaseRecorder:
-  """Collects `Phase`s from `selftrain.run`'s `on_phase` calls, with the
-  compile time JAX reports in between and the first local device's peak
-  memory."""
+  """Collects `Phase`s from `selftrain.run`'s `on_phase` calls: the compile
+  events JAX reports inside each phase's wall-clock window, and the first
+  local device's peak memory. Compiles between phases (set-up, checkpoints)
+  add up in `outside_compile_seconds`. Use it as a context manager: it
+  listens to JAX's events until closed."""
 
   def __init__(self):
     self.phases: list[Phase] = []
-    self._compile, self._compiles = 0.0, 0
+    self.outside_compile_seconds = 0.0
+    self._events = []  # (perf_counter at the end, name, seconds)
     jax.monitoring.register_event_duration_secs_listener(self._event)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._event)
 
   def _event(self, name, seconds, **kwargs):
     del kwargs
     if name.startswith(_COMPILE_EVENTS):
-      self._compile += seconds
-      self._compiles += name == _BACKEND_COMPILE
+      self._events.append((time.perf_counter(), name, seconds))
 
   def __call__(self, name: str, iteration: int, seconds: float):
+    start = time.perf_counter() - seconds
+    inside = [(n, s) for end, n, s in self._events if end >= start]
+    self.outside_compile_seconds += sum(
+        s for end, _, s in self._events if end < start)
+    self._events = []
     stats = jax.local_devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
-    self.phases.append(Phase(name, iteration, seconds, self._compile,
-                             self._compiles,
-                             None if peak is None else peak / 2**30))
-    self._compile, self._compiles = 0.0, 0
+    self.phases.append(Phase(
+        name, iteration, seconds, sum(s for _, s in inside),
+        sum(n == _BACKEND_COMPILE for n, _ in inside),
+        None if peak is None else peak / 2**30))
 
 
 def add_throughput(phases: list[Phase], metrics: list[dict], config,
@@ -126,18 +141,24 @@ def add_throughput(phases: list[Phase], metrics: list[dict], config,
   rows = {r["iteration"]: r for r in metrics}
   for p in phases:
     row = rows.get(p.iteration, {})
-    run_s = max(p.seconds - p.compile_seconds, 1e-9)
+    run_s = p.seconds - p.compile_seconds
+    rate = lambda count, run_s=run_s: (f"{count / run_s:,.2f}/s"
+                                       if run_s > 0 else "-/s")
     if p.name == "collect" and "search_policy_tokens" in row:
       questions = min(config.search_questions, num_train)
       tokens = row["search_policy_tokens"] * questions
-      p.throughput = (f"{tokens:,.0f} policy tokens, {tokens / run_s:,.0f}/s;"
-                      f" {questions / run_s:.2f} questions/s")
+      p.throughput = (f"{tokens:,.0f} policy tokens, {rate(tokens)}; "
+                      f"{questions} questions, {rate(questions)}")
     elif p.name in ("warmstart", "train"):
-      steps = (config.warmstart.steps if p.name == "warmstart" else
-               config.train.policy_steps * (row.get("policy_loss") is not None))
-      steps += (config.warmstart.value_steps if p.name == "warmstart" else
-                config.train.value_steps * (row.get("value_loss") is not None))
-      p.throughput = f"{steps} AdamW steps, {steps / run_s:.2f}/s"
+      # Steps that ran: a training call without data is skipped.
+      policy, value = (("warmstart_loss", "warmstart_value_loss")
+                       if p.name == "warmstart" else
+                       ("policy_loss", "value_loss"))
+      c = config.warmstart if p.name == "warmstart" else config.train
+      sft_steps = c.steps if p.name == "warmstart" else c.policy_steps
+      steps = (sft_steps * (row.get(policy) is not None) +
+               c.value_steps * (row.get(value) is not None))
+      p.throughput = f"{steps} AdamW steps, {rate(steps)}"
     elif p.name == "eval":
       tokens = {k[len("tokens_"):]: v for k, v in row.items()
                 if k.startswith("tokens_")}
@@ -146,6 +167,7 @@ def add_throughput(phases: list[Phase], metrics: list[dict], config,
 
 
 def table(phases: list[Phase]) -> str:
+  """The phases, one row each, with a header."""
   header = (f"{'phase':>9} | {'it':>2} | {'wall s':>7} | {'compile s':>9} | "
             f"{'programs':>8} | "
             f"{'peak GiB':>8} | throughput (compile excluded)")
@@ -189,10 +211,10 @@ def main(argv):
   with config.unlocked():
     config.model.hf_checkpoint = str(folder)
     config.data.update(train=str(train), test=str(test))
-  recorder = PhaseRecorder()
-  start = time.perf_counter()
-  metrics = selftrain.run(config, scratch / "run", on_phase=recorder)
-  total = time.perf_counter() - start
+  with PhaseRecorder() as recorder:
+    start = time.perf_counter()
+    metrics = selftrain.run(config, scratch / "run", on_phase=recorder)
+    total = time.perf_counter() - start
   add_throughput(recorder.phases, metrics, config, len(train_examples))
   device = jax.devices()[0]
   print(f"model {_MODEL.value} (random weights), "
@@ -203,17 +225,21 @@ def main(argv):
         f"{config.search_batch}; eval {config.eval.num_test} questions")
   print(table(recorder.phases))
   phases_s = sum(p.seconds for p in recorder.phases)
-  print(f"total {total:.1f} s; checkpoints and set-up outside the phases "
-        f"{total - phases_s:.1f} s")
+  print(f"total {total:.1f} s; set-up and checkpoints outside the phases "
+        f"{total - phases_s:.1f} s, of them compiling "
+        f"{recorder.outside_compile_seconds:.1f} s")
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(dict(
         model=_MODEL.value, device=device.device_kind,
         jax=jax.__version__, total_seconds=total,
+        outside_compile_seconds=recorder.outside_compile_seconds,
         phases=[dataclasses.asdict(p) for p in recorder.phases],
         metrics=metrics), indent=1, default=float))
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: tests import this module next to
+  # `restmcts_jax.main`, which defines `--config` too.
   _CONFIG = config_flags.DEFINE_config_file(
       "config", "configs/gsm8k_qwen2.py:unused",
       "The run's config file (with --config.x=... overrides); its "

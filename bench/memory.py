@@ -50,9 +50,6 @@ from restmcts_jax.training import steps as training_steps
 # Config files import `configs.*`, which lives next to `bench/`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-PRESETS = presets.PRESETS
-model_config = presets.model_config
-
 CALLS = ("collect", "train_policy", "train_value", "greedy", "sc", "bon",
          "tot", "mcts")
 
@@ -137,7 +134,7 @@ def measure(config, model: transformer_lib.TransformerConfig,
                      lowered))
 
   longest = q_width + config.max_depth * config.sampler.max_step_len
-  length = batching.bucket_length(longest, batching.DEFAULT_BUCKETS)
+  length = batching.bucket_length(longest, experiment.length_buckets(config))
   batch = config.train.batch_size
   experiment.check_batch_split(config, config.mesh.fsdp,
                                keys=("train.batch_size",))
@@ -220,7 +217,7 @@ def main(argv):
     raise app.UsageError(f"--calls: unknown {unknown}; known: {CALLS}")
   devices = config.mesh.fsdp * config.mesh.tensor
   jax.config.update("jax_num_cpu_devices", devices)  # simulated on CPU
-  model = dataclasses.replace(model_config(_MODEL.value),
+  model = dataclasses.replace(presets.model_config(_MODEL.value),
                               dtype=experiment.compute_dtype(config))
   n_params = sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.eval_shape(
       lambda: transformer_lib.Transformer(model, rngs=nnx.Rngs(0)))))
@@ -242,7 +239,7 @@ if __name__ == "__main__":
       lock_config=True)
   _MODEL = flags.DEFINE_string(
       "model", "qwen2.5-0.5b", "A checkpoint folder (its config.json is "
-      f"read) or one of {sorted(PRESETS)}.")
+      f"read) or one of {sorted(presets.PRESETS)}.")
   _CALLS = flags.DEFINE_list("calls", list(CALLS),
                              f"Which calls to compile, of {CALLS}.")
   _EVAL_TOKENS = flags.DEFINE_integer(

@@ -64,7 +64,10 @@ def get_config():
   config.search_batch = 64  # questions per batched search call
   config.train = ml_collections.ConfigDict(dict(
       policy_steps=100, value_steps=50, batch_size=32, learning_rate=5e-5,
-      traces_per_question=2, min_reward=0.0, replay=0.5))
+      traces_per_question=2, min_reward=0.0, replay=0.5,
+      # Training rows are padded to these lengths ('': the fine default of
+      # training.batching); each length met compiles the train step once.
+      length_buckets=""))
   # ReST-EM: solutions sampled per training question (6 x ~50 tokens: about
   # the policy tokens MCTS* spends per question).
   config.rest_em = ml_collections.ConfigDict(dict(num_samples=6))

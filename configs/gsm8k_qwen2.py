@@ -62,15 +62,17 @@ trained; see the table above). A block may also span whole hosts (F x T a
 multiple of a host's devices, e.g. fsdp 16 over two 8-GPU hosts): their
 processes then search the same questions together, over the interconnect.
 These layouts are tested on 8 simulated CPU devices and on two CPU processes
-sharing one block (the same metrics as replicated / as one process).
+sharing one block (the same metrics as replicated / as one process); on
+accelerators only the single-device layout has been run.
 
 Measured on one H100 at 0.5B (random weights, f32; BENCHMARKS.md): an AdamW
 step at batch 4 runs in 135 / 270 / 1,132 ms at 128 / 256 / 1,024 tokens
-(27.7 GiB peak for the three) but compiles in ~17 s per length, and the
-search and evaluation programs take longer still, so a first run is
-compile-bound: the warm start's 40 steps took 260 s, and evaluating greedy,
-SC and MCTS* on 16 questions did not finish in 280 s. `main`'s persistent
-compilation cache makes later iterations and reruns load those programs.
+(27.75 GiB peak for the three) but compiles in ~17 s per length, and the
+search and evaluation programs are larger, so a first run is compile-bound:
+the warm start's 40 steps took 260 s, and evaluating greedy, SC and MCTS* on
+16 questions had not finished after 160 s. Hence the coarse
+`train.length_buckets` below; `main`'s persistent compilation cache lets
+reruns, resumed runs and later iterations load compiled programs.
 """
 
 from configs import game24
@@ -103,8 +105,10 @@ def get_config(checkpoint: str = ""):
                        stop_at_end_gate=False)
   config.search_questions = 256
   config.search_batch = 32
+  # Coarse length buckets: at 0.5B each one compiles an AdamW step in ~17 s
+  # on an H100, where a 4 x 128-token step runs in 135 ms.
   config.train.update(policy_steps=200, value_steps=200, batch_size=4,
-                      learning_rate=1e-5)
+                      learning_rate=1e-5, length_buckets="128,256,512,1024")
   config.eval.update(num_test=64, methods="greedy,sc,bon,tot,mcts", budget=4,
                      budgets="1,2,4", mcts_iterations=64, batch_size=16)
   # Answering with the reference's evaluation search (SPEC's defaults).

@@ -31,6 +31,7 @@ from restmcts_jax.models import transformer as transformer_lib
 from restmcts_jax.models import value_head
 from restmcts_jax.search import mcts_star
 from restmcts_jax.tasks import game24
+from restmcts_jax.training import batching
 from restmcts_jax.tasks import registry
 from restmcts_jax.tokenizer import SentencePieceTokenizer
 from restmcts_jax.tokenizer import Tokenizer
@@ -114,13 +115,24 @@ DEFAULT_COMPILATION_CACHE = "~/.cache/restmcts_jax/xla"
 
 
 def enable_compilation_cache(directory: str) -> None:
-  """Keeps compiled XLA programs in `directory` ('' : off) across calls and
-  runs: each training call jits a fresh step, and at 0.5B one AdamW step
-  compiles in ~17 s on an H100 per sequence-length bucket (BENCHMARKS.md).
-  A cache set through `JAX_COMPILATION_CACHE_DIR` stays in charge."""
-  if directory and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.expanduser(directory))
+  """Keeps compiled XLA programs in `directory` ('': off) across calls and
+  runs: each training call jits a fresh step (the same program again when
+  its steps and learning rate are), and at 0.5B one AdamW step compiles in
+  ~17 s on an H100 per sequence-length bucket (BENCHMARKS.md). A cache set
+  through `JAX_COMPILATION_CACHE_DIR` stays in charge; a folder that cannot
+  be written leaves the cache off, with a warning."""
+  if not directory or jax.config.jax_compilation_cache_dir:
+    return
+  directory = os.path.expanduser(directory)
+  if "://" not in directory:  # a bucket needs no folder made
+    try:
+      os.makedirs(directory, exist_ok=True)
+      if not os.access(directory, os.W_OK):
+        raise PermissionError("not writable")
+    except OSError as e:  # e.g. a read-only home: run without the cache
+      logging.warning("no compilation cache in %s: %s", directory, e)
+      return
+  jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def workdir_path(workdir) -> epath.Path:
@@ -347,6 +359,15 @@ def parse_methods(text: str, key: str = "eval.methods") -> tuple[str, ...]:
   return methods
 
 
+def length_buckets(config) -> tuple[int, ...]:
+  """`config.train.length_buckets` as lengths ('': the default buckets);
+  ValueError naming the key otherwise."""
+  text = config.train.length_buckets
+  if not text:
+    return batching.DEFAULT_BUCKETS
+  return parse_budgets(text, key="train.length_buckets")
+
+
 def parse_budgets(text: str, key: str = "eval.budgets") -> tuple[int, ...]:
   """`"1,4,16"` -> `(1, 4, 16)`; ValueError naming `key` otherwise."""
   try:
@@ -388,6 +409,7 @@ def _backfill(config) -> dict:
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False,
+          "train.length_buckets": "",
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
                           "skip_exhausted": False}}

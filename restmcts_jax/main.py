@@ -40,9 +40,10 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index (with --coordinator_address).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", experiment.DEFAULT_COMPILATION_CACHE,
-    "Folder of JAX's persistent compilation cache: a resumed run, a later "
-    "iteration and the next run reuse compiled programs ('' turns it off; "
-    "JAX_COMPILATION_CACHE_DIR, where set, wins).")
+    "Folder of JAX's persistent compilation cache: resumed runs, reruns and "
+    "later iterations load the programs compiled before instead of "
+    "compiling them again ('' turns it off; JAX_COMPILATION_CACHE_DIR, "
+    "where set, wins).")
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -326,6 +326,7 @@ class _Loop:
     self.eval_context = experiment.eval_context(config, self.tokenizer)
     self.eval_methods = experiment.parse_methods(config.eval.methods)
     self.eval_budgets = experiment.parse_budgets(config.eval.budgets)
+    self.length_buckets = experiment.length_buckets(config)
     self.outputs = Outputs(workdir, enabled=distributed.is_main())
 
   def rules(self):
@@ -420,6 +421,7 @@ class _Loop:
     if c.steps and self.warmstart_examples:
       batches = list(batching.sft_batches(self.warmstart_examples,
                                           c.batch_size,
+                                          buckets=self.length_buckets,
                                           seed=self.config.seed))
       state["policy"], loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
@@ -433,6 +435,7 @@ class _Loop:
     if c.value_steps and rows:
       batches = list(batching.value_batches(rows, np.asarray(targets),
                                             c.batch_size,
+                                            buckets=self.length_buckets,
                                             seed=self.config.seed))
       state["value"], loss = self._train(
           self.value_graph, state["value"], training_steps.value_loss,
@@ -560,7 +563,7 @@ class _Loop:
       batches = list(batching.value_batches(
           rows + buffers.value_rows,
           np.asarray(targets + buffers.value_targets), c.batch_size,
-          seed=seed))
+          buckets=self.length_buckets, seed=seed))
       state["value"], value_loss = self._train(
           self.value_graph, state["value"], training_steps.value_loss,
           batches, c.value_steps, c.learning_rate,
@@ -568,7 +571,7 @@ class _Loop:
     if buffers.traces:
       batches = list(batching.sft_batches(
           self._policy_examples(buffers.traces, seed), c.batch_size,
-          seed=seed + 1))
+          buckets=self.length_buckets, seed=seed + 1))
       state["policy"], policy_loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
           batches, c.policy_steps, c.learning_rate,
@@ -621,10 +624,10 @@ class _Loop:
 
 
 def run(config, workdir,
-        on_phase: Callable[[str, int, float], None] | None = None
-        ) -> list[dict]:
+        on_phase: Callable[[str, int, float], None] | None = None):
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
-  rows (also in `workdir/metrics.jsonl`), iteration 0 being the warm start.
+  rows, a list of dicts (also in `workdir/metrics.jsonl`), iteration 0 being
+  the warm start.
 
   `on_phase(name, iteration, seconds)` is called after each phase that runs
   (before its checkpoint is written), e.g. by `bench/loop.py`.

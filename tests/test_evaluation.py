@@ -314,6 +314,19 @@ def test_evaluate_and_config_parsers_reject_unknown_methods(untrained,
   assert experiment.parse_budgets("4, 1,4") == (1, 4)
 
 
+def test_length_buckets_default_parse_and_name_their_key(config):
+  config = config.copy_and_resolve_references()
+  config.train.length_buckets = ""
+  assert experiment.length_buckets(config) == batching.DEFAULT_BUCKETS
+  config.train.length_buckets = "1024, 256,512"
+  assert experiment.length_buckets(config) == (256, 512, 1024)
+  config.train.length_buckets = "256,long"
+  with pytest.raises(ValueError, match=r"train\.length_buckets='256,long'"):
+    experiment.length_buckets(config)
+  with pytest.raises(ValueError, match=r"300 tokens .* train\.length_buckets"):
+    batching.bucket_length(300, (128, 256))
+
+
 def test_eval_search_settings_apply_over_the_training_search(config,
                                                             tokenizer):
   config = config.copy_and_resolve_references()

@@ -18,6 +18,7 @@ from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import selftrain
 from restmcts_jax.tokenizer import SentencePieceTokenizer
+from restmcts_jax.training import batching
 from tests import fake_gcs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -152,14 +153,16 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   for section, key in [("model", "compute_dtype"), ("eval", "batch_size"),
                        ("warmstart", "examples"),
                        ("warmstart", "complete_value_solutions"),
-                       ("eval", "search")]:
+                       ("eval", "search"), ("train", "length_buckets")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
   # any config's eval.search, so the backfill must read the run's own.
   unusual = json.loads(json.dumps(saved))
   unusual["search"].update(branch=3, exploration=0.123)
   path.write_text(json.dumps(unusual))
-  eval_search = experiment.load_config(workdir).eval.search.to_dict()
+  loaded = experiment.load_config(workdir)
+  assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
+  eval_search = loaded.eval.search.to_dict()
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS
                             if k != "skip_exhausted"},
@@ -306,6 +309,33 @@ def test_the_compilation_cache_serves_a_fresh_jit_and_yields_to_the_env(tmp):
   env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "from_env")
   _, where = _compile_twice(tmp / "xla", env)
   assert where == str(tmp / "from_env")
-  hits, where = _compile_twice("", {k: v for k, v in env.items()
-                                    if k != "JAX_COMPILATION_CACHE_DIR"})
-  assert (hits, where) == (0, "None")
+  del env["JAX_COMPILATION_CACHE_DIR"]
+  assert _compile_twice("", env) == (0, "None")
+  # A folder that cannot be made: no cache, no error.
+  (tmp / "a_file").write_text("")
+  assert _compile_twice(tmp / "a_file" / "xla", env) == (0, "None")
+
+
+_MAIN_WITHOUT_A_RUN = """
+import sys
+import jax
+from absl import app
+from restmcts_jax import main
+main.selftrain.run = lambda config, workdir: print(
+    "CACHE", jax.config.jax_compilation_cache_dir) or []
+app.run(main.main, argv=["main", "--config", "configs/tiny.py",
+                         "--workdir", sys.argv[1], *sys.argv[2:]])
+"""
+
+
+def test_main_keeps_the_compilation_cache_its_flag_names(tmp):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("JAX_COMPILATION_CACHE")}
+  def cache(*flags):
+    out = subprocess.run(
+        [sys.executable, "-c", _MAIN_WITHOUT_A_RUN, str(tmp / "unused"),
+         *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+        check=True).stdout
+    return out.split("CACHE ")[1].split()[0]
+  assert cache(f"--compilation_cache={tmp / 'flag'}") == str(tmp / "flag")
+  assert cache("--compilation_cache=") == "None"

@@ -5,7 +5,7 @@ import json
 import pathlib
 
 from restmcts_jax.models import hf_io
-from restmcts_jax.models.transformer import TransformerConfig
+from restmcts_jax.models import transformer as transformer_lib
 
 # Hugging Face `config.json` fields of the Qwen2.5 instruct models.
 _QWEN25 = dict(architectures=["Qwen2ForCausalLM"], hidden_act="silu",
@@ -36,7 +36,8 @@ def hf_config(model: str) -> dict:
   """The `config.json` fields of a preset or of the folder `model`.
 
   Raises:
-    ValueError: naming `model` when it is neither.
+    ValueError: naming `model` (as the benchmarks' `--model` flag) when it
+      is neither.
   """
   if model in PRESETS:
     return dict(PRESETS[model])
@@ -47,6 +48,10 @@ def hf_config(model: str) -> dict:
   return json.loads(path.read_text())
 
 
-def model_config(model: str) -> TransformerConfig:
-  """The architecture of a preset or of `model/config.json`."""
+def model_config(model: str) -> transformer_lib.TransformerConfig:
+  """The architecture of a preset or of `model/config.json`.
+
+  Raises:
+    ValueError: as `hf_config`.
+  """
   return hf_io.config_from_hf(hf_config(model))

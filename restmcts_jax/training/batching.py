@@ -22,7 +22,7 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     if length <= b:
       return b
   raise ValueError(f"sequence of {length} tokens exceeds the largest bucket "
-                   f"{max(buckets)}")
+                   f"{max(buckets)} (config key train.length_buckets)")
 
 
 def _pad(rows: Sequence[Sequence[int]], batch_size: int,
