@@ -1,10 +1,13 @@
 """Training steps: losses by hand, learning, gradient accumulation, and the
 same step on 8 simulated devices under three mesh shapes as on one."""
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from hypothesis import strategies as st
 from flax import nnx
 
 from restmcts_jax.models import transformer as tl
@@ -151,3 +154,38 @@ def test_fsdp_lowers_parameter_bytes_per_device():
            ).argument_size_in_bytes for shape in [(8, 1, 1), (2, 4, 1),
                                                   (1, 8, 1)]]
   assert args[0] > args[1] > args[2], args
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    peak=st.floats(1e-6, 1.0), warmup=st.integers(0, 30),
+    total=st.integers(0, 300), end_fraction=st.floats(0.0, 1.0),
+    count=st.integers(0, 400))
+def test_the_traced_schedule_is_optax_warmup_cosine(peak, warmup, total,
+                                                    end_fraction, count):
+  decay = max(total, warmup + 1)  # as make_optimizer
+  expected = optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup, decay, peak * end_fraction)(count)
+  got = optim.warmup_cosine(jnp.int32(count), jnp.float32(peak),
+                            jnp.int32(warmup), jnp.int32(decay),
+                            jnp.float32(peak * end_fraction))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * peak)
+
+
+def test_one_compiled_step_serves_every_schedule():
+  graphdef, params = nnx.split(tl.Transformer(CONFIG, rngs=nnx.Rngs(0)))
+  texts, updates = [], []
+  for config in (OPT, optim.OptimizerConfig(learning_rate=3e-5,
+                                            warmup_steps=7, total_steps=200)):
+    tx = optim.make_optimizer(config)
+    step = steps.make_train_step(graphdef, steps.sft_loss, tx)
+    state = steps.init_state(jax.tree.map(jnp.copy, params), tx)
+    texts.append(step.lower(state, _sft_batch()).as_text())
+    for _ in range(3):
+      state, _ = step(state, _sft_batch())
+    # The learning rate of the third update, read back from the state.
+    updates.append(optim.warmup_cosine(
+        2, *[state.opt_state[1].hyperparams[k]
+             for k in ("peak", "warmup", "decay", "end")]))
+  assert texts[0] == texts[1]
+  np.testing.assert_allclose(updates, [1e-2, 3e-5 * 2 / 7], rtol=1e-6)

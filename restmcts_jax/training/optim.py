@@ -3,6 +3,7 @@ gradient clipping, and optional gradient accumulation."""
 
 import dataclasses
 
+import jax.numpy as jnp
 import optax
 
 
@@ -27,14 +28,36 @@ class OptimizerConfig:
   accumulation_steps: int = 1
 
 
+def warmup_cosine(count, peak, warmup, decay, end):
+  """`optax.warmup_cosine_decay_schedule(0, peak, warmup, decay, end)` at
+  step `count`, with every argument an array: the schedule's numbers are
+  then inputs of the compiled step, not constants in it, so one program
+  serves every training call (warm start and each iteration) of a shape."""
+  count = jnp.asarray(count, jnp.float32)
+  warmup = jnp.asarray(warmup, jnp.float32)
+  linear = peak * jnp.minimum(count, warmup) / jnp.maximum(warmup, 1.0)
+  span = jnp.asarray(decay, jnp.float32) - warmup
+  cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count - warmup, span)
+                                / span))
+  decayed = (peak - end) * cosine + end
+  return jnp.where(count < warmup, linear, decayed)
+
+
+@optax.inject_hyperparams
+def _adamw(peak, warmup, decay, end, weight_decay):
+  return optax.adamw(lambda count: warmup_cosine(count, peak, warmup, decay,
+                                                 end),
+                     weight_decay=weight_decay)
+
+
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-  """AdamW + warm-up/cosine schedule + clipping (+ accumulation)."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=config.warmup_steps,
-      decay_steps=max(config.total_steps, config.warmup_steps + 1),
-      end_value=config.learning_rate * config.end_fraction)
-  parts = [optax.adamw(schedule, weight_decay=config.weight_decay)]
+  """AdamW + warm-up/cosine schedule + clipping (+ accumulation). The
+  schedule's settings live in the optimizer state (see `warmup_cosine`)."""
+  parts = [_adamw(peak=config.learning_rate,
+                  warmup=config.warmup_steps,
+                  decay=max(config.total_steps, config.warmup_steps + 1),
+                  end=config.learning_rate * config.end_fraction,
+                  weight_decay=config.weight_decay)]
   if config.clip_norm:
     parts.insert(0, optax.clip_by_global_norm(config.clip_norm))
   tx = optax.chain(*parts)
