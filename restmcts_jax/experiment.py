@@ -116,8 +116,8 @@ DEFAULT_COMPILATION_CACHE = "~/.cache/restmcts_jax/xla"
 
 def enable_compilation_cache(directory: str) -> None:
   """Keeps compiled XLA programs in `directory` ('': off) across calls and
-  runs: each training call jits a fresh step (the same program again when
-  its steps and learning rate are), and at 0.5B one AdamW step compiles in
+  runs: each training call jits a fresh step (the same program for every
+  schedule, `optim.warmup_cosine`), and at 0.5B one AdamW step compiles in
   ~17 s on an H100 per sequence-length bucket (BENCHMARKS.md). A cache set
   through `JAX_COMPILATION_CACHE_DIR` stays in charge; a folder that cannot
   be written leaves the cache off, with a warning."""
