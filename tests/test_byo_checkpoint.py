@@ -1,17 +1,12 @@
 """Self-training from a local Hugging Face checkpoint folder and JSONL data
 (configs/gsm8k_qwen2.py), on a tiny Qwen2 model and GSM8K sample lines."""
 
+import importlib.util
 import json
 import pathlib
 
 import pytest
-import tokenizers
-import transformers
 from flax import nnx
-from tokenizers import decoders
-from tokenizers import models
-from tokenizers import pre_tokenizers
-from tokenizers import trainers
 
 from configs import game24
 from configs import gsm8k_qwen2
@@ -23,6 +18,12 @@ from restmcts_jax.models import hf_io
 from restmcts_jax.models import transformer as tr
 from restmcts_jax.tasks import gsm8k
 from restmcts_jax.tokenizer import load_tokenizer
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_loop", pathlib.Path(__file__).resolve().parents[1] / "bench" /
+    "loop.py")
+_loop_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loop_bench)
 
 # The shared data folder lies beside the repository.
 SAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,14 +45,7 @@ def _data(tmp_path_factory):
 
 def _tokenizer(texts):
   """A byte-level BPE trained offline on `texts`, with an EOS token."""
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(texts, trainers.BpeTrainer(
-      vocab_size=TOKENIZER_VOCAB, special_tokens=["</s>"], show_progress=False,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok,
-                                              eos_token="</s>")
+  return _loop_bench.byte_level_tokenizer(texts, TOKENIZER_VOCAB)
 
 
 def _checkpoint(folder, data, vocab_size):
