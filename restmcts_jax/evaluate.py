@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from restmcts_jax import cli_flags
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax.tasks import registry
@@ -160,6 +161,7 @@ def main(argv):
   del argv
   try:
     if _CHECKPOINT.value is not None:
+      cli_flags.enable_compilation_cache()
       _main_checkpoint()
     else:
       _main_predictions()

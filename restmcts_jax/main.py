@@ -20,8 +20,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from restmcts_jax import cli_flags
 from restmcts_jax import distributed
-from restmcts_jax import experiment
 from restmcts_jax import selftrain
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,12 +38,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes in the run (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index (with --coordinator_address).")
-_COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", experiment.DEFAULT_COMPILATION_CACHE,
-    "Folder of JAX's persistent compilation cache: resumed runs, reruns and "
-    "later iterations load the programs compiled before instead of "
-    "compiling them again ('' turns it off; JAX_COMPILATION_CACHE_DIR, "
-    "where set, wins).")
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -59,7 +53,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/game24.py")
-  experiment.enable_compilation_cache(_COMPILATION_CACHE.value)
+  cli_flags.enable_compilation_cache()
   if _DISTRIBUTED.value or _COORDINATOR.value:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                            _PROCESS_ID.value)

@@ -339,3 +339,28 @@ def test_main_keeps_the_compilation_cache_its_flag_names(tmp):
     return out.split("CACHE ")[1].split()[0]
   assert cache(f"--compilation_cache={tmp / 'flag'}") == str(tmp / "flag")
   assert cache("--compilation_cache=") == "None"
+
+
+_EVALUATE_WITHOUT_A_RUN = """
+import sys
+import jax
+from absl import app
+from restmcts_jax import evaluate
+evaluate._main_checkpoint = lambda: print(
+    "CACHE", jax.config.jax_compilation_cache_dir)
+app.run(evaluate.main, argv=["evaluate", "--checkpoint", sys.argv[1],
+                             *sys.argv[2:]])
+"""
+
+
+def test_evaluate_keeps_the_compilation_cache_its_flag_names(tmp):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("JAX_COMPILATION_CACHE")}
+  out = subprocess.run(
+      [sys.executable, "-c", _EVALUATE_WITHOUT_A_RUN, str(tmp / "unused"),
+       f"--compilation_cache={tmp / 'eval_flag'}"], cwd=ROOT, env=env,
+      capture_output=True, text=True, check=True).stdout
+  assert out.split("CACHE ")[1].split()[0] == str(tmp / "eval_flag")
+  # The flag is defined once, for both command lines.
+  subprocess.run([sys.executable, "-c", "import restmcts_jax.evaluate, "
+                  "restmcts_jax.main"], cwd=ROOT, env=env, check=True)
