@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from restmcts_jax import paths
+
 
 def abstract_like(tree, shardings=None):
   """`ShapeDtypeStruct`s of `tree`'s arrays, with `shardings` (a matching
@@ -36,7 +38,7 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike[str], *,
                max_to_keep: int = 3):
     # Local folders absolute (orbax asks for it); URLs (gs://...) as given.
-    self.directory = (epath.Path(directory) if "://" in str(directory)
+    self.directory = (epath.Path(directory) if paths.is_url(directory)
                       else epath.Path(os.path.abspath(directory)))
     self._manager = ocp.CheckpointManager(
         self.directory,

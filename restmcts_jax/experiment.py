@@ -25,17 +25,18 @@ from flax import nnx
 
 from restmcts_jax import checkpoint
 from restmcts_jax import evaluation
+from restmcts_jax import paths
 from restmcts_jax import sampling
 from restmcts_jax.models import hf_io
 from restmcts_jax.models import transformer as transformer_lib
 from restmcts_jax.models import value_head
 from restmcts_jax.search import mcts_star
 from restmcts_jax.tasks import game24
-from restmcts_jax.training import batching
 from restmcts_jax.tasks import registry
 from restmcts_jax.tokenizer import SentencePieceTokenizer
 from restmcts_jax.tokenizer import Tokenizer
 from restmcts_jax.tokenizer import load_tokenizer
+from restmcts_jax.training import batching
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -124,7 +125,7 @@ def enable_compilation_cache(directory: str) -> None:
   if not directory or jax.config.jax_compilation_cache_dir:
     return
   directory = os.path.expanduser(directory)
-  if "://" not in directory:  # a bucket needs no folder made
+  if not paths.is_url(directory):  # a bucket needs no folder made
     try:
       os.makedirs(directory, exist_ok=True)
       if not os.access(directory, os.W_OK):
@@ -144,7 +145,7 @@ def workdir_path(workdir) -> epath.Path:
     ValueError: naming --workdir when its URL scheme has no file system here.
   """
   text = str(workdir)
-  scheme = text.split("://", 1)[0] if "://" in text else None
+  scheme = text.split("://", 1)[0] if paths.is_url(text) else None
   if scheme is None:
     return epath.Path(os.path.abspath(text))
   try:

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # files only: no display on servers and TPU VMs
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
+from restmcts_jax import paths  # pylint: disable=g-import-not-at-top
+
 METHOD_LABELS = {"greedy": "CoT (greedy)", "sc": "Self-Consistency",
                  "bon": "Best-of-N", "tot": "ToT-BFS", "mcts": "MCTS*"}
 
@@ -22,12 +24,7 @@ def _save(fig, path) -> epath.Path:
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
-  if "://" in str(path):  # a bucket writes each object whole
-    path.write_bytes(png.getvalue())
-    return path
-  tmp = path.with_suffix(".tmp.png")
-  tmp.write_bytes(png.getvalue())
-  tmp.replace(path)
+  paths.write_atomic(path, png.getvalue())
   return path
 
 

@@ -40,6 +40,7 @@ from restmcts_jax import checkpoint
 from restmcts_jax import distributed
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
+from restmcts_jax import paths
 from restmcts_jax import plots
 from restmcts_jax.rewards import initial_values
 from restmcts_jax.rewards import traces as traces_lib
@@ -152,17 +153,6 @@ class Buffers:
 # --- outputs ------------------------------------------------------------------
 
 
-def _write_atomic(path: epath.Path, text: str) -> None:
-  """A reader sees the old text or the new, never half: through a temporary
-  file on disk; directly to a bucket, whose objects are written whole."""
-  if _is_url(path):
-    path.write_text(text)
-    return
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
 class Outputs:
   """What a run writes besides checkpoints, all derived from the checkpoint's
   metrics so a resumed run rewrites them consistently:
@@ -187,9 +177,9 @@ class Outputs:
   def publish(self, meta: dict, new_row: dict | None) -> None:
     if not self.enabled:
       return
-    _write_atomic(self.workdir / "metrics.jsonl", "".join(
+    paths.write_atomic(self.workdir / "metrics.jsonl", "".join(
         json.dumps(m) + "\n" for m in meta["metrics"]))
-    _write_atomic(self.workdir / "eval.jsonl", "".join(
+    paths.write_atomic(self.workdir / "eval.jsonl", "".join(
         json.dumps(r) + "\n" for r in meta["evaluations"]))
     if not meta["metrics"]:
       return
@@ -207,7 +197,7 @@ class Outputs:
     if self._writer is None:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       folder = self.workdir / "tensorboard"
-      if _is_url(self.workdir):
+      if paths.is_url(self.workdir):
         self._events = tempfile.TemporaryDirectory()
         folder = self._events.name
       self._writer = tensorboardX.SummaryWriter(str(folder))
@@ -232,17 +222,13 @@ class Outputs:
       page = views.tree_to_html(
           result.tree, q, answer_node=int(result.answer_node[q]),
           decode=decode, title=f"{kind} tree {q}, iteration {iteration}")
-      _write_atomic(folder / f"{kind}_{q}.html", page)
+      paths.write_atomic(folder / f"{kind}_{q}.html", page)
 
   def close(self):
     if self._writer is not None:
       self._writer.close()
     if self._events is not None:
       self._events.cleanup()
-
-
-def _is_url(path) -> bool:
-  return "://" in str(path)
 
 
 class StopOnSignal:
