@@ -102,7 +102,7 @@ def get_config(checkpoint: str = ""):
                           value_steps=200)
   config.search.update(num_iterations=40, branch=3, roll_forward_steps=1,
                        exploration=0.5, unvisited_bonus=0.9, end_gate=0.8,
-                       stop_at_end_gate=False)
+                       stop_at_end_gate=False, skip_exhausted=False)
   config.search_questions = 256
   config.search_batch = 32
   # Coarse length buckets: at 0.5B each one compiles an AdamW step in ~17 s
@@ -114,5 +114,5 @@ def get_config(checkpoint: str = ""):
   # Answering with the reference's evaluation search (SPEC's defaults).
   config.eval.search.update(branch=3, roll_branch=1, roll_forward_steps=3,
                             exploration=0.7, alpha=0.5, unvisited_bonus=1.0,
-                            end_gate=0.9)
+                            end_gate=0.9, skip_exhausted=False)
   return config

@@ -97,8 +97,10 @@ class EvalContext:
     tokenizer: encodes questions, decodes solutions.
     task: extracts answers (SC) and grades solutions.
     sampler_config: how the policy samples a step (greedy uses temperature 0).
-    search_config: MCTS* settings; `num_iterations` caps the search and
-      the token budget is passed per budget.
+    search_config: MCTS* settings (`stop_at_end_gate`: answer with the
+      first node past the end gate, or search the whole budget);
+      `num_iterations` caps the search and the token budget is passed per
+      budget.
     max_depth: steps per solution.
     question_width: tokens of a question row.
     tot_branch: b, samples per beam entry and step in ToT-BFS.
@@ -271,8 +273,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
     return _result(method, samples, context, problems, texts,
                    beams.policy_tokens, beams.value_tokens), None
   # The budget is traced: one compiled search for every budget and iteration.
-  search_config = dataclasses.replace(context.search_config,
-                                      stop_at_end_gate=True, token_budget=0)
+  search_config = dataclasses.replace(context.search_config, token_budget=0)
   result = distributed.fetch(mcts_star.search_lm(
       graphdef, state, tokens, lengths, keys, context.sampler_config,
       search_config, token_budget=max(1, round(samples * greedy_tokens))))

@@ -305,17 +305,23 @@ def sampler_config_for(config, tokenizer: Tokenizer) -> sampling.SamplerConfig:
       answer_marker_ids=tuple(tokenizer.encode(marker)))
 
 
-def search_config_for(config, **overrides) -> mcts_star.MCTSConfig:
+def search_config_for(config, *, section: str = "search",
+                      **overrides) -> mcts_star.MCTSConfig:
+  """`config.search` with `overrides` over it; ValueError naming `section`
+  (where the overrides come from) on settings that do not go together."""
   settings = dict(config.search.to_dict(), **overrides)
-  return mcts_star.MCTSConfig(max_depth=config.max_depth,
-                              max_step_len=config.sampler.max_step_len,
-                              **settings)
+  try:
+    return mcts_star.MCTSConfig(max_depth=config.max_depth,
+                                max_step_len=config.sampler.max_step_len,
+                                **settings)
+  except ValueError as e:
+    raise ValueError(f"config.{section}: {e}") from None
 
 
 # The MCTS* settings an evaluation may set apart from the training search's.
 EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
                     "exploration", "alpha", "unvisited_bonus", "end_gate",
-                    "skip_exhausted")
+                    "skip_exhausted", "max_expansions", "stop_at_end_gate")
 
 
 def eval_search_settings(config) -> dict:
@@ -332,17 +338,19 @@ def eval_search_settings(config) -> dict:
 def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
   """Evaluation settings. MCTS* uses `config.search` with
   `config.eval.search` over it (as the paper does, searching one way to
-  collect trees and another to answer), stops at the end gate, and only at a
-  finished solution, capped at `config.eval.mcts_iterations`; without a gate
-  node it answers with its best finished solution, as Best-of-N and ToT do.
+  collect trees and another to answer), stops at the end gate unless
+  `eval.search.stop_at_end_gate` is False, and only at a finished solution,
+  capped at `config.eval.mcts_iterations`; without a gate node it answers
+  with its best finished solution, as Best-of-N and ToT do.
   """
+  settings = {"stop_at_end_gate": True, **eval_search_settings(config)}
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
       search_config=search_config_for(
-          config, **eval_search_settings(config),
+          config, section="eval.search", **settings,
           num_iterations=config.eval.mcts_iterations,
-          stop_at_end_gate=True, gate_requires_final=True,
+          gate_requires_final=True,
           prefer_final_answer=True),
       max_depth=config.max_depth, question_width=config.question_width,
       tot_branch=config.eval.tot_branch,
@@ -411,9 +419,11 @@ def _backfill(config) -> dict:
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False,
           "train.length_buckets": "",
+          "search.skip_exhausted": False, "search.max_expansions": 1,
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
-                          "skip_exhausted": False}}
+                          "skip_exhausted": False, "max_expansions": 1,
+                          "stop_at_end_gate": True}}
 
 
 

@@ -339,6 +339,18 @@ def test_eval_search_settings_apply_over_the_training_search(config,
   assert search.roll_forward_steps == 1  # not set apart: the training one
   assert search.num_iterations == config.eval.mcts_iterations
   assert search.stop_at_end_gate and search.gate_requires_final
+  assert (search.max_expansions, search.skip_exhausted) == (1, True)
+  with config.eval.search.unlocked():
+    config.eval.search.update(stop_at_end_gate=False, max_expansions=3,
+                              skip_exhausted=True)
+  search = experiment.eval_context(config, tokenizer).search_config
+  assert (search.stop_at_end_gate, search.max_expansions) == (False, 3)
+  assert search.max_children == 9
+  config.eval.search.skip_exhausted = False
+  with pytest.raises(ValueError,
+                     match=r"config\.eval\.search: max_expansions=3 .* "
+                     "skip_exhausted=True"):
+    experiment.eval_context(config, tokenizer)
   with config.eval.search.unlocked():
     config.eval.search.temperature = 0.5
   with pytest.raises(ValueError, match=r"config\.eval\.search\.temperature"):

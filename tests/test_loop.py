@@ -153,7 +153,9 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   for section, key in [("model", "compute_dtype"), ("eval", "batch_size"),
                        ("warmstart", "examples"),
                        ("warmstart", "complete_value_solutions"),
-                       ("eval", "search"), ("train", "length_buckets")]:
+                       ("eval", "search"), ("train", "length_buckets"),
+                       ("search", "skip_exhausted"),
+                       ("search", "max_expansions")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
   # any config's eval.search, so the backfill must read the run's own.
@@ -162,18 +164,21 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   path.write_text(json.dumps(unusual))
   loaded = experiment.load_config(workdir)
   assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
+  assert (loaded.search.skip_exhausted, loaded.search.max_expansions) == (
+      False, 1)
   eval_search = loaded.eval.search.to_dict()
+  later = {"skip_exhausted": False, "max_expansions": 1,
+           "stop_at_end_gate": True}
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS
-                            if k != "skip_exhausted"},
-                         "skip_exhausted": False}
+                            if k not in later}, **later}
   path.write_text(json.dumps(saved))
   # Filled in with what runs did before the keys existed.
   results = evaluate.evaluate_checkpoint(
       workdir, task_name=None, data=None, methods=("greedy",), budget=1)
   assert results[0].accuracy == _metrics(finished)[-1]["accuracy_greedy"]
   with pytest.raises(ValueError, match=(
-      "config key warmstart.complete_value_solutions is True but .* "
+      "config key search.skip_exhausted is True but .* "
       "predates the key \\(its run used False\\)")):
     selftrain.run(_config(), workdir)
 

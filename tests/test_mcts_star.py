@@ -254,13 +254,15 @@ def test_equal_selection_scores_are_broken_at_random_by_the_questions_key():
   np.testing.assert_array_equal(again.parent[:, 4], parents[True][:10])
 
 
-def _exhausted_reference(t, b, config):
+def _exhausted_reference(t, b, config, expansions=None):
   """Plain-Python `exhausted_nodes` of tree `b`: by recursion from the
-  definition."""
+  definition (`expansions [B, N]`: None, each inner node expanded once)."""
   def exhausted(p):
     kids = [k for k in t.children[b, p] if k >= 0]
     if kids:
-      return all(exhausted(k) for k in kids)
+      spent = expansions is None or (
+          expansions[b, p] >= config.max_expansions)
+      return spent and all(exhausted(k) for k in kids)
     stuck = t.final[b, p] or t.depth[b, p] >= config.max_depth
     stops = config.stop_at_end_gate and t.value[b, p] >= config.end_gate and (
         t.final[b, p] or not config.gate_requires_final)
@@ -314,3 +316,115 @@ def test_without_skipping_dead_leaves_are_selected_again():
             - (np.asarray(result.tree.num_nodes) - 1))
   assert wasted(_run(rows, config)).max() > 0
   assert wasted(_run(rows, SKIPPING[1])).max() <= 0
+
+
+def _keyed_models(num_steps=4):
+  """A toy policy that draws each step from `num_steps` choices with its key
+  (so an expansion repeats steps, and a second one can find new ones):
+  step [t] (t odd) or [t, t], final iff t == num_steps; value of a prefix
+  from `toy_models.score`."""
+  def policy_fn(prefix, lengths, keys, k):
+    del lengths
+    assert keys.shape[0] == prefix.shape[0] * k
+    t = 1 + jax.vmap(lambda key: jax.random.randint(key, (), 0, num_steps))(
+        keys)
+    odd = t % 2 == 1
+    return mcts_star.Proposals(
+        tokens=jnp.stack([t, jnp.where(odd, 0, t)], 1).astype(jnp.int32),
+        lengths=jnp.where(odd, 1, 2), is_final=t == num_steps)
+  return mcts_star.TokenModels(policy_fn,
+                               mcts_star.concat_value_fn(toy_models.score))
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _keyed_search(questions, lengths, keys, config):
+  return mcts_star.search(_keyed_models(), questions, lengths, keys, config)
+
+
+def _run_keyed(rows, config, seed=0):
+  q, ql = _questions(rows)
+  return _keyed_search(q, ql,
+                       jax.random.split(jax.random.key(seed), len(rows)),
+                       config)
+
+
+WIDENING = [mcts_star.MCTSConfig(**{**c.__dict__, "max_expansions": e})
+            for c, e in zip(SKIPPING, (2, 3, 4))]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=4),
+                min_size=3, max_size=3),
+       st.sampled_from(range(len(WIDENING))), st.integers(0, 3))
+def test_expanding_again_keeps_the_tree_a_search_tree(rows, index, seed):
+  """With `max_expansions`, nodes are expanded up to that many times, only
+  once their children are all exhausted; children stay distinct steps and
+  visits and values stay consistent; a search ends early only when even
+  re-expansion has nothing left."""
+  config = WIDENING[index]
+  result = _run_keyed(rows, config, seed)
+  t = jax.tree.map(np.asarray, result.tree)
+  expansions = np.asarray(result.expansions)
+  exhausted = np.asarray(jax.vmap(
+      lambda tree, e: mcts_star.exhausted_nodes(tree, config, e))(
+          result.tree, result.expansions))
+  assert t.children.shape[-1] == config.branch * config.max_expansions
+  for b in range(3):
+    n = int(t.num_nodes[b])
+    value, visits = t.value[b], t.visits[b]
+    assert np.all((value[:n] >= 0) & (value[:n] <= 1))
+    assert np.all(t.depth[b, 1:n] == t.depth[b, t.parent[b, 1:n]] + 1)
+    assert np.all(t.depth[b, :n] <= config.max_depth)
+    assert visits[0] == result.iterations[b]
+    assert list(exhausted[b, :n]) == _exhausted_reference(t, b, config,
+                                                          expansions)
+    assert np.all(expansions[b] <= config.max_expansions)
+    assert np.all(expansions[b, n:] == 0)
+    for p in range(n):
+      kids = t.children[b, p][t.children[b, p] >= 0]
+      assert len(kids) <= config.branch * expansions[b, p]
+      assert (len(kids) > 0) == (expansions[b, p] > 0)
+      steps = {tuple(t.step_tokens[b, k, :t.step_len[b, k]]) for k in kids}
+      assert len(steps) == len(kids)  # identical steps merged
+      if len(kids):
+        # One visit per back-up through p that went on to a child, one per
+        # rollout from p, and one per re-expansion of p that added nothing.
+        extra = visits[p] - visits[kids].sum()
+        assert 0 <= extra <= (p > 0) + expansions[b, p] - 1
+        if visits[kids].sum():
+          mean = (visits[kids] * value[kids]).sum() / visits[kids].sum()
+          np.testing.assert_allclose(value[p], mean, rtol=1e-5, atol=1e-6)
+    if (int(result.iterations[b]) < config.num_iterations
+        and not result.passed_gate[b]):
+      assert exhausted[b, 0]
+
+
+def test_expanding_again_spends_the_budget_a_run_out_tree_leaves():
+  """Four possible steps, b = 2: most trees run out with single expansions
+  and stop early; expanding again lets them search on, to more nodes and
+  more finished solutions, with the same first expansion."""
+  rows = [[i, i + 5] for i in range(1, 25)]
+  once = mcts_star.MCTSConfig(num_iterations=30, branch=2, roll_branch=1,
+                              roll_forward_steps=0, max_depth=3,
+                              max_step_len=2, stop_at_end_gate=False,
+                              skip_exhausted=True)
+  again = mcts_star.MCTSConfig(**{**once.__dict__, "max_expansions": 2})
+  a, b = _run_keyed(rows, once), _run_keyed(rows, again)
+  ended_early = np.asarray(a.iterations) < once.num_iterations
+  assert ended_early.mean() > 0.5
+  assert np.all(np.asarray(b.iterations) >= np.asarray(a.iterations))
+  assert np.all(np.asarray(b.tree.num_nodes) >= np.asarray(a.tree.num_nodes))
+  assert np.sum(b.tree.num_nodes) > 1.3 * np.sum(a.tree.num_nodes)
+  finished = lambda r: np.sum(np.asarray(r.tree.final & r.tree.used))
+  assert finished(b) > finished(a)
+  # The root's first expansion (iteration 0) is the same.
+  np.testing.assert_array_equal(a.tree.step_tokens[:, 1:3],
+                                b.tree.step_tokens[:, 1:3])
+  assert np.asarray(b.expansions).max() == 2
+
+
+def test_expanding_again_needs_skipping_exhausted_subtrees():
+  with pytest.raises(ValueError, match="skip_exhausted"):
+    mcts_star.MCTSConfig(max_expansions=2)
+  with pytest.raises(ValueError, match="max_expansions"):
+    mcts_star.MCTSConfig(max_expansions=0)

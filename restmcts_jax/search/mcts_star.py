@@ -75,6 +75,11 @@ class MCTSConfig:
       exhausted; a question with an exhausted root stops. A deviation from
       SPEC (False), which selects such a leaf again, an iteration that adds
       nothing but its visit.
+    max_expansions: times a node may be expanded (SPEC: once). Above 1, a
+      node whose children are all exhausted is not exhausted itself while it
+      has expansions left: selection stops there and samples b more steps
+      (steps equal to an existing child merged), so a search whose tree runs
+      out keeps spending its budget. Needs `skip_exhausted`.
   """
 
   num_iterations: int = 50
@@ -93,10 +98,24 @@ class MCTSConfig:
   max_step_len: int = 32
   random_ties: bool = True
   skip_exhausted: bool = False
+  max_expansions: int = 1
+
+  def __post_init__(self):
+    if self.max_expansions < 1:
+      raise ValueError(f"max_expansions={self.max_expansions}: must be >= 1")
+    if self.max_expansions > 1 and not self.skip_exhausted:
+      raise ValueError(
+          f"max_expansions={self.max_expansions} expands again the nodes "
+          "whose children are all exhausted: it needs skip_exhausted=True")
 
   @property
   def num_slots(self) -> int:
     return 1 + self.num_iterations * self.branch
+
+  @property
+  def max_children(self) -> int:
+    """K, child slots per node."""
+    return self.branch * self.max_expansions
 
 
 @struct.dataclass
@@ -119,6 +138,7 @@ class SearchResult:
 
   Attributes:
     tree: the B trees.
+    expansions: `[B, N]` times each node was expanded.
     answer_node: `[B]` the node chosen as the answer.
     passed_gate: `[B]` the answer passed end_gate during selection.
     iterations: `[B]` iterations run.
@@ -127,6 +147,7 @@ class SearchResult:
   """
 
   tree: tree_lib.Tree
+  expansions: Array
   answer_node: Array
   passed_gate: Array
   iterations: Array
@@ -166,13 +187,18 @@ def _best_child(t: tree_lib.Tree, node, config: MCTSConfig, key,
   return t.children[node, jnp.argmax(jnp.where(top, draws, -1.0))]
 
 
-def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
+def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig,
+                    expansions: Array | None = None) -> Array:
   """`[N]` nodes selection cannot use (`MCTSConfig.skip_exhausted`): a leaf
   it can neither expand (finished, or at max_depth) nor stop at (below the
   end gate, or unfinished where the gate takes finished solutions only), or
-  an inner node whose children are all exhausted. Each pass settles one more
-  level of the tree."""
+  an inner node whose children are all exhausted and that has no expansion
+  left (`expansions [N]`: times each node was expanded; None: each inner
+  node once). Each pass settles one more level of the tree."""
   kids, has_kids = t.children, t.expanded
+  spent = has_kids
+  if expansions is not None:
+    spent &= expansions >= config.max_expansions
   stuck = (t.final | (t.depth >= config.max_depth)) & ~has_kids
   if config.stop_at_end_gate:
     stops = t.value >= config.end_gate
@@ -184,14 +210,20 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig) -> Array:
   def settle(_, exhausted):
     kid_done = jnp.where(kids != tree_lib.NO_CHILD,
                          exhausted[jnp.maximum(kids, 0)], True)
-    return stuck | (has_kids & jnp.all(kid_done, axis=-1))
+    return stuck | (spent & jnp.all(kid_done, axis=-1))
   return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
 
 
 def _select(t: tree_lib.Tree, config: MCTSConfig, key, skip=None) -> Array:
   """Descends from the root to a node without children, passing over the
-  nodes in `skip [N]` if given."""
-  is_inner = lambda node: jnp.any(t.children[node] != tree_lib.NO_CHILD)
+  nodes in `skip [N]` if given: then it also stops at a node whose children
+  are all skipped (one to expand again, see `MCTSConfig.max_expansions`)."""
+  def is_inner(node):
+    kids = t.children[node]
+    open_ = kids != tree_lib.NO_CHILD
+    if skip is not None:
+      open_ &= ~skip[jnp.maximum(kids, 0)]
+    return jnp.any(open_)
   return jax.lax.while_loop(is_inner,
                             lambda n: _best_child(t, n, config, key, skip),
                             jnp.int32(tree_lib.ROOT_INDEX))
@@ -341,8 +373,9 @@ class TokenModels:
 
 
 def _expand(models, tree, memory, leaf, active, keys, iteration, config):
-  """Phase 2 for every tree: returns (tree, memory, expanded [B], policy and
-  value token counts [B])."""
+  """Phase 2 for every tree: returns (tree, memory, expanded [B] (the leaf
+  was expanded), added [B] (and gained a child), policy and value token
+  counts [B])."""
   b, k = tree.batch_size, config.branch
   expandable = active & ~tree.final[jnp.arange(b), leaf] & (
       tree.depth[jnp.arange(b), leaf] < config.max_depth)
@@ -359,18 +392,22 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
       reshape(values), reshape(proposals.is_final),
       jnp.broadcast_to(expandable[:, None], (b, k)))
   memory = models.store(memory, new_index, child, proposals)
+  added = jnp.any(new_index != tree_lib.NO_CHILD, axis=1)
   policy_tokens = jnp.sum(reshape(proposals.lengths), 1) * expandable
   value_tokens = jnp.sum(reshape(child.lengths), 1) * expandable
-  return tree, memory, expandable, policy_tokens, value_tokens
+  return tree, memory, expandable, added, policy_tokens, value_tokens
 
 
 def _rollout(models, tree, memory, leaf, expanded, keys, tie_keys, iteration,
-             config):
-  """Phase 3 for every tree: returns (tree, policy and value token counts)."""
+             config, skip=None):
+  """Phase 3 for every tree whose leaf gained children (`expanded [B]`),
+  from the best child not in `skip [B, N]`: returns (tree, policy and value
+  token counts)."""
   b, d = tree.batch_size, config.roll_branch
   rows = jnp.arange(b)
-  best = jax.vmap(lambda t, n, key: _best_child(t, n, config, key))(
-      tree, leaf, tie_keys)
+  best = jax.vmap(lambda t, n, key, sk: _best_child(t, n, config, key, sk),
+                  in_axes=(0, 0, 0, None if skip is None else 0))(
+                      tree, leaf, tie_keys, skip)
   best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
   rolling = expanded & ~tree.final[rows, best]
   # The last rollout step starts from max_depth + m - 1 steps at most (the
@@ -439,17 +476,19 @@ def search(
                        else token_budget, jnp.int32)
   tree = tree_lib.init_tree(question_tokens, question_len,
                             num_slots=config.num_slots,
-                            branching=config.branch,
+                            branching=config.max_children,
                             max_step_len=config.max_step_len)
   zeros = jnp.zeros((b,), jnp.int32)
-  state = SearchResult(tree=tree, answer_node=zeros, passed_gate=zeros > 0,
+  state = SearchResult(tree=tree, expansions=jnp.zeros_like(tree.visits),
+                       answer_node=zeros, passed_gate=zeros > 0,
                        iterations=zeros, policy_tokens=zeros,
                        value_tokens=zeros)
 
-  def exhausted(tree) -> Array | None:
+  def exhausted(s: SearchResult) -> Array | None:
     if not config.skip_exhausted:
       return None
-    return jax.vmap(lambda t: exhausted_nodes(t, config))(tree)
+    return jax.vmap(lambda t, e: exhausted_nodes(t, config, e))(
+        s.tree, s.expansions)
 
   def running(s: SearchResult, skip: Array | None) -> Array:
     ok = ~s.passed_gate & (s.iterations < config.num_iterations)
@@ -459,7 +498,7 @@ def search(
 
   def iteration(carry):
     s, memory = carry
-    skip = exhausted(s.tree)
+    skip = exhausted(s)
     active = running(s, skip)
     tie_keys = _row_keys(keys, s.iterations, _TIE_PHASE, 1)
     leaf = jax.vmap(lambda t, key, sk: _select(t, config, key, sk),
@@ -472,13 +511,15 @@ def search(
     if config.gate_requires_final:
       gate &= s.tree.final[jnp.arange(b), leaf]
     active &= ~gate
-    tree, memory, expanded, p1, v1 = _expand(
+    tree, memory, expanded, added, p1, v1 = _expand(
         models, s.tree, memory, leaf, active, keys, s.iterations, config)
-    tree, p2, v2 = _rollout(models, tree, memory, leaf, expanded, keys,
-                            tie_keys, s.iterations, config)
+    tree, p2, v2 = _rollout(models, tree, memory, leaf, added, keys,
+                            tie_keys, s.iterations, config, skip)
     tree = jax.vmap(_backup)(tree, leaf, active)
     return s.replace(
         tree=tree,
+        expansions=s.expansions.at[jnp.arange(b), leaf].add(
+            expanded.astype(jnp.int32)),
         answer_node=jnp.where(gate, leaf, s.answer_node),
         passed_gate=s.passed_gate | gate,
         iterations=s.iterations + active,
@@ -487,7 +528,7 @@ def search(
     ), memory
 
   s, _ = jax.lax.while_loop(
-      lambda c: jnp.any(running(c[0], exhausted(c[0].tree))), iteration,
+      lambda c: jnp.any(running(c[0], exhausted(c[0]))), iteration,
       (state, models.init(tree)))
   best = best_value_node(s.tree, prefer_final=config.prefer_final_answer)
   return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node, best))
