@@ -346,7 +346,15 @@ def test_eval_search_settings_apply_over_the_training_search(config,
   search = experiment.eval_context(config, tokenizer).search_config
   assert (search.stop_at_end_gate, search.max_expansions) == (False, 3)
   assert search.max_children == 9
-  config.eval.search.skip_exhausted = False
+  # A workdir whose eval.search predates these keys answered at the gate
+  # with single expansions, whatever the training search does.
+  config.search.stop_at_end_gate = False
+  with config.eval.search.unlocked():
+    del config.eval.search["stop_at_end_gate"]
+    del config.eval.search["max_expansions"]
+  search = experiment.eval_context(config, tokenizer).search_config
+  assert (search.stop_at_end_gate, search.max_expansions) == (True, 1)
+  config.eval.search.update(max_expansions=3, skip_exhausted=False)
   with pytest.raises(ValueError,
                      match=r"config\.eval\.search: max_expansions=3 .* "
                      "skip_exhausted=True"):

@@ -46,7 +46,10 @@ def _run(rows, config, seed=0):
                      config)
 
 
-def _check_invariants(result, config):
+def _check_invariants(result, config, expansions=None):
+  """Tree and statistics invariants; with `expansions [B, N]` (nodes
+  expanded again), a node's visits may exceed its children's by one per
+  expansion that added nothing."""
   t = jax.tree.map(np.asarray, result.tree)
   for b in range(t.parent.shape[0]):
     n = t.num_nodes[b]
@@ -62,7 +65,9 @@ def _check_invariants(result, config):
       if len(kids):
         # Back-ups through p reach exactly one child each; p may also have
         # had its own rollout visit when it was created.
-        assert visits[p] - visits[kids].sum() in ((0,) if p == 0 else (0, 1))
+        extra = visits[p] - visits[kids].sum()
+        wasted = 0 if expansions is None else expansions[b, p] - 1
+        assert 0 <= extra <= (p > 0) + wasted
         if visits[kids].sum():
           mean = (visits[kids] * value[kids]).sum() / visits[kids].sum()
           np.testing.assert_allclose(value[p], mean, rtol=1e-5, atol=1e-6)
@@ -192,17 +197,21 @@ def test_search_with_language_models_with_and_without_node_caches():
   assert np.all(np.asarray(cached.policy_tokens) > 0)
 
 
-@pytest.mark.parametrize("max_depth,roll_forward_steps", [(1, 0), (2, 1)])
+@pytest.mark.parametrize("max_depth,roll_forward_steps,max_expansions",
+                         [(1, 0, 1), (2, 1, 1), (1, 1, 2)])
 def test_cached_search_at_the_tightest_context_widths(max_depth,
-                                                      roll_forward_steps):
+                                                      roll_forward_steps,
+                                                      max_expansions):
   """Steps always as long as max_step_len (no stop token) and questions
   shorter than a step: every context is filled to the width the phase
-  allows; the cached search still equals re-encoding."""
+  allows; the cached search still equals re-encoding, also when the root is
+  expanded again (at max_depth 1 its first children are all exhausted)."""
   value_model, graphdef, state = _lm_models()
   config = mcts_star.MCTSConfig(
       num_iterations=4, branch=2, roll_branch=2,
       roll_forward_steps=roll_forward_steps, max_depth=max_depth,
-      max_step_len=5, stop_at_end_gate=False)
+      max_step_len=5, stop_at_end_gate=False,
+      skip_exhausted=max_expansions > 1, max_expansions=max_expansions)
   sampler_config = sampling.SamplerConfig(max_step_len=5, temperature=1.0)
   q, ql = _questions([[3, 4, 10], [11, 12]])
   keys = jax.random.split(jax.random.key(0), 2)
@@ -213,6 +222,7 @@ def test_cached_search_at_the_tightest_context_widths(max_depth,
   assert np.all(np.asarray(cached.tree.step_len)[:, 1:][
       np.asarray(cached.tree.used)[:, 1:]] == 5)
   assert int(np.max(cached.tree.depth)) == max_depth
+  np.testing.assert_array_equal(cached.expansions[:, 0], max_expansions)
   for name in ("parent", "children", "visits", "step_tokens"):
     np.testing.assert_array_equal(getattr(cached.tree, name),
                                   getattr(recomputed.tree, name), name)
@@ -365,17 +375,13 @@ def test_expanding_again_keeps_the_tree_a_search_tree(rows, index, seed):
   result = _run_keyed(rows, config, seed)
   t = jax.tree.map(np.asarray, result.tree)
   expansions = np.asarray(result.expansions)
+  _check_invariants(result, config, expansions)
   exhausted = np.asarray(jax.vmap(
       lambda tree, e: mcts_star.exhausted_nodes(tree, config, e))(
           result.tree, result.expansions))
   assert t.children.shape[-1] == config.branch * config.max_expansions
   for b in range(3):
     n = int(t.num_nodes[b])
-    value, visits = t.value[b], t.visits[b]
-    assert np.all((value[:n] >= 0) & (value[:n] <= 1))
-    assert np.all(t.depth[b, 1:n] == t.depth[b, t.parent[b, 1:n]] + 1)
-    assert np.all(t.depth[b, :n] <= config.max_depth)
-    assert visits[0] == result.iterations[b]
     assert list(exhausted[b, :n]) == _exhausted_reference(t, b, config,
                                                           expansions)
     assert np.all(expansions[b] <= config.max_expansions)
@@ -386,14 +392,10 @@ def test_expanding_again_keeps_the_tree_a_search_tree(rows, index, seed):
       assert (len(kids) > 0) == (expansions[b, p] > 0)
       steps = {tuple(t.step_tokens[b, k, :t.step_len[b, k]]) for k in kids}
       assert len(steps) == len(kids)  # identical steps merged
-      if len(kids):
-        # One visit per back-up through p that went on to a child, one per
-        # rollout from p, and one per re-expansion of p that added nothing.
-        extra = visits[p] - visits[kids].sum()
-        assert 0 <= extra <= (p > 0) + expansions[b, p] - 1
-        if visits[kids].sum():
-          mean = (visits[kids] * value[kids]).sum() / visits[kids].sum()
-          np.testing.assert_allclose(value[p], mean, rtol=1e-5, atol=1e-6)
+      if expansions[b, p] > 1:
+        # Expanded again only once its children had run out, the first
+        # one (slot 0) among them; being exhausted is for good.
+        assert exhausted[b, t.children[b, p, 0]]
     if (int(result.iterations[b]) < config.num_iterations
         and not result.passed_gate[b]):
       assert exhausted[b, 0]
@@ -412,8 +414,7 @@ def test_expanding_again_spends_the_budget_a_run_out_tree_leaves():
   a, b = _run_keyed(rows, once), _run_keyed(rows, again)
   ended_early = np.asarray(a.iterations) < once.num_iterations
   assert ended_early.mean() > 0.5
-  assert np.all(np.asarray(b.iterations) >= np.asarray(a.iterations))
-  assert np.all(np.asarray(b.tree.num_nodes) >= np.asarray(a.tree.num_nodes))
+  assert np.sum(b.iterations) > 1.3 * np.sum(a.iterations)
   assert np.sum(b.tree.num_nodes) > 1.3 * np.sum(a.tree.num_nodes)
   finished = lambda r: np.sum(np.asarray(r.tree.final & r.tree.used))
   assert finished(b) > finished(a)

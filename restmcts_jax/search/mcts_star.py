@@ -2,13 +2,16 @@
 
 Each iteration, for every question whose search is still running:
   1. select   — descend by `v_c + c sqrt(2 ln n_p / n_c)` (unvisited: `v_c + inf`)
-                to a leaf; with `stop_at_end_gate`, a leaf with v >= end_gate
-                ends the search and is the answer;
+                to a leaf (with `max_expansions`, possibly an inner node whose
+                children are all exhausted); with `stop_at_end_gate`, a leaf
+                with v >= end_gate ends the search and is the answer;
   2. expand   — unless the leaf is final or at max depth: b steps from the
-                policy, identical steps merged, each child scored by V;
-  3. rollout  — from the best new child C': up to m greedy steps, each the best
-                of d policy samples by V; `v_C' <- (1-alpha) v_C' + alpha v_max`,
-                `n_C' += 1`; rollout steps are not kept;
+                policy, steps equal to each other or to an existing child
+                merged, each new child scored by V;
+  3. rollout  — from the best new child C' (none if every step merged): up to
+                m greedy steps, each the best of d policy samples by V;
+                `v_C' <- (1-alpha) v_C' + alpha v_max`, `n_C' += 1`; rollout
+                steps are not kept;
   4. backup   — leaf to root: `n += 1`, `v = sum n_c v_c / sum n_c`.
 Selection and backup are written for one tree and `vmap`ped; all leaves of all
 questions are expanded by ONE batched policy call and ONE batched value call,
@@ -72,14 +75,16 @@ class MCTSConfig:
     skip_exhausted: selection passes over exhausted subtrees: leaves it can
       neither expand nor stop at (finished solutions, and unfinished nodes at
       max_depth, below the end gate) and nodes whose children are all
-      exhausted; a question with an exhausted root stops. A deviation from
-      SPEC (False), which selects such a leaf again, an iteration that adds
-      nothing but its visit.
+      exhausted and that have no expansion left; a question with an
+      exhausted root stops. A deviation from SPEC (False), which selects
+      such a leaf again, an iteration that adds nothing but its visit.
     max_expansions: times a node may be expanded (SPEC: once). Above 1, a
       node whose children are all exhausted is not exhausted itself while it
       has expansions left: selection stops there and samples b more steps
       (steps equal to an existing child merged), so a search whose tree runs
-      out keeps spending its budget. Needs `skip_exhausted`.
+      out keeps spending its budget. An expansion whose steps all merge
+      into existing children adds nothing but costs its iteration and
+      tokens. Needs `skip_exhausted`.
   """
 
   num_iterations: int = 50
@@ -398,9 +403,9 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
   return tree, memory, expandable, added, policy_tokens, value_tokens
 
 
-def _rollout(models, tree, memory, leaf, expanded, keys, tie_keys, iteration,
+def _rollout(models, tree, memory, leaf, added, keys, tie_keys, iteration,
              config, skip=None):
-  """Phase 3 for every tree whose leaf gained children (`expanded [B]`),
+  """Phase 3 for every tree whose leaf gained children (`added [B]`),
   from the best child not in `skip [B, N]`: returns (tree, policy and value
   token counts)."""
   b, d = tree.batch_size, config.roll_branch
@@ -408,8 +413,8 @@ def _rollout(models, tree, memory, leaf, expanded, keys, tie_keys, iteration,
   best = jax.vmap(lambda t, n, key, sk: _best_child(t, n, config, key, sk),
                   in_axes=(0, 0, 0, None if skip is None else 0))(
                       tree, leaf, tie_keys, skip)
-  best = jnp.where(expanded, best, tree_lib.ROOT_INDEX)
-  rolling = expanded & ~tree.final[rows, best]
+  best = jnp.where(added, best, tree_lib.ROOT_INDEX)
+  rolling = added & ~tree.final[rows, best]
   # The last rollout step starts from max_depth + m - 1 steps at most (the
   # context it descends to is not used, and may not fit).
   width = tree.question_tokens.shape[1] + (
@@ -441,8 +446,8 @@ def _rollout(models, tree, memory, leaf, expanded, keys, tie_keys, iteration,
   v_best = tree.value[rows, best]
   blended = (1.0 - config.alpha) * v_best + config.alpha * v_max
   value = tree.value.at[rows, best].set(
-      jnp.where(expanded & ~tree.final[rows, best], blended, v_best))
-  visits = tree.visits.at[rows, best].add(expanded.astype(jnp.int32))
+      jnp.where(added & ~tree.final[rows, best], blended, v_best))
+  visits = tree.visits.at[rows, best].add(added.astype(jnp.int32))
   return tree.replace(value=value, visits=visits), p_tok, v_tok
 
 
