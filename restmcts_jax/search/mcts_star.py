@@ -501,9 +501,10 @@ def search(
       ok &= ~skip[:, tree_lib.ROOT_INDEX]
     return ok & ((budget <= 0) | (s.policy_tokens < budget))
 
+  # The exhausted set of the current trees rides in the carry: the loop's
+  # condition and the next iteration's selection read one computation.
   def iteration(carry):
-    s, memory = carry
-    skip = exhausted(s)
+    s, memory, skip = carry
     active = running(s, skip)
     tie_keys = _row_keys(keys, s.iterations, _TIE_PHASE, 1)
     leaf = jax.vmap(lambda t, key, sk: _select(t, config, key, sk),
@@ -521,7 +522,7 @@ def search(
     tree, p2, v2 = _rollout(models, tree, memory, leaf, added, keys,
                             tie_keys, s.iterations, config, skip)
     tree = jax.vmap(_backup)(tree, leaf, active)
-    return s.replace(
+    s = s.replace(
         tree=tree,
         expansions=s.expansions.at[jnp.arange(b), leaf].add(
             expanded.astype(jnp.int32)),
@@ -530,11 +531,12 @@ def search(
         iterations=s.iterations + active,
         policy_tokens=s.policy_tokens + p1 + p2,
         value_tokens=s.value_tokens + v1 + v2,
-    ), memory
+    )
+    return s, memory, exhausted(s)
 
-  s, _ = jax.lax.while_loop(
-      lambda c: jnp.any(running(c[0], exhausted(c[0]))), iteration,
-      (state, models.init(tree)))
+  s, _, _ = jax.lax.while_loop(
+      lambda c: jnp.any(running(c[0], c[2])), iteration,
+      (state, models.init(tree), exhausted(state)))
   best = best_value_node(s.tree, prefer_final=config.prefer_final_answer)
   return s.replace(answer_node=jnp.where(s.passed_gate, s.answer_node, best))
 
