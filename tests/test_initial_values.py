@@ -75,6 +75,23 @@ def test_from_paths_builds_a_trie(paths):
   questions = np.arange(len(paths))[:, None] + 10
   tree, ends = tree_lib.from_paths(questions, np.ones(len(paths)), paths,
                                    max_step_len=2)
+  padded, padded_ends = tree_lib.from_paths(
+      questions, np.ones(len(paths)), paths, max_step_len=2,
+      bucket_shapes=True)
+  # Bucketed: N and K rounded up to powers of two, the same nodes in front.
+  (_, n_all), (_, n_padded) = tree.parent.shape, padded.parent.shape
+  k_all, k_padded = tree.children.shape[-1], padded.children.shape[-1]
+  assert n_padded == 1 << (n_all - 1).bit_length() and n_padded < 2 * n_all
+  assert k_padded == 1 << (k_all - 1).bit_length() and k_padded < 2 * k_all
+  assert padded_ends == ends
+  np.testing.assert_array_equal(padded.num_nodes, tree.num_nodes)
+  np.testing.assert_array_equal(padded.children[:, :n_all, :k_all],
+                                tree.children)
+  assert np.all(padded.children[:, n_all:] == tree_lib.NO_CHILD)
+  assert np.all(padded.children[:, :, k_all:] == tree_lib.NO_CHILD)
+  for field in ("parent", "depth", "step_tokens", "step_len", "final"):
+    np.testing.assert_array_equal(getattr(padded, field)[:, :n_all],
+                                  getattr(tree, field), err_msg=field)
   for t, tree_paths in enumerate(paths):
     n = int(tree.num_nodes[t])
     distinct_prefixes = {tuple(map(tuple, p[:k])) for p in tree_paths

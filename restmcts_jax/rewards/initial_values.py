@@ -62,7 +62,8 @@ def solution_records(
       with more than `max_depth` steps, are left out (search never makes
       them).
     max_depth: most steps of a solution.
-    chunk: questions labelled per batched call.
+    chunk: questions labelled per batched call (the last one padded with
+      empty trees, so every call has the same batch size).
 
   Returns:
     `(rows, targets)`: question + partial-solution token ids and `v_k`, one
@@ -71,11 +72,10 @@ def solution_records(
   rows, targets = [], []
   delimiter_ids = frozenset(delimiter_ids)
   for lo in range(0, len(questions), chunk):
-    q_tokens = np.zeros((min(chunk, len(questions) - lo), question_width),
-                        np.int32)
-    q_len = np.zeros((len(q_tokens),), np.int32)
+    q_tokens = np.zeros((chunk, question_width), np.int32)
+    q_len = np.zeros((chunk,), np.int32)
     paths, correct_by_path = [], []
-    for t, q in enumerate(range(lo, lo + len(q_tokens))):
+    for t, q in enumerate(range(lo, min(lo + chunk, len(questions)))):
       ids = encode(questions[q])
       if len(ids) > question_width:
         raise ValueError(f"question {q} has {len(ids)} tokens, more than "
@@ -92,8 +92,10 @@ def solution_records(
                                    references[q])
       paths.append(list(kept))
       correct_by_path.append(list(kept.values()))
+    paths += [[]] * (chunk - len(paths))  # padding: no nodes, no records
     tree, ends = tree_lib.from_paths(q_tokens, q_len, paths,
-                                     max_step_len=max_step_len)
+                                     max_step_len=max_step_len,
+                                     bucket_shapes=True)
     correct = np.zeros(tree.parent.shape, bool)
     for t, (nodes, flags) in enumerate(zip(ends, correct_by_path)):
       correct[t, nodes] = flags

@@ -19,6 +19,8 @@ Every rule is a fixed number of vectorised sweeps over all nodes (one per
 depth level), so it runs under `jit` for the whole batch of trees.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,6 +112,7 @@ def _targets_one(t: tree_lib.Tree, correct: Array, max_depth: int):
   return ValueTargets(m=m, r=r, w=w, v=v, labelled=labelled)
 
 
+@functools.partial(jax.jit, static_argnames="max_depth")
 def infer_value_targets(
     tree: tree_lib.Tree, correct: Array, *, max_depth: int
 ) -> ValueTargets:

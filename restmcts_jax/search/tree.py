@@ -7,6 +7,7 @@ Shapes are fixed, so one compiled program serves every question of the batch.
 Functions here are written for the whole batch; per-tree logic is `vmap`ped.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -207,12 +208,15 @@ def from_paths(
     paths: Sequence[Sequence[Sequence[Sequence[int]]]],
     *,
     max_step_len: int,
+    bucket_shapes: bool = False,
 ) -> tuple[Tree, list[list[int]]]:
   """B trees holding given solutions (host side, for data, not search).
 
   Paths sharing their first k steps share the first k nodes (a trie), so the
   trees look like search trees over the same solutions. The last step of each
-  path is marked final; N and K are the largest node and child counts.
+  path is marked final; N and K are the largest node and child counts, or
+  with `bucket_shapes` those rounded up to powers of two (empty slots), so
+  that batches of similar trees share compiled programs.
 
   Args:
     question_tokens: `[B, Q]` question tokens, 0-padded.
@@ -238,6 +242,8 @@ def from_paths(
       if key:
         tree_kids[index[key[:-1]]] += 1
   k = max(1, max(max(c) for c in kids))
+  if bucket_shapes:
+    n, k = 1 << (n - 1).bit_length(), 1 << (k - 1).bit_length()
   parent = np.full((b, n), NO_PARENT, np.int32)
   depth = np.zeros((b, n), np.int32)
   children = np.full((b, n, k), NO_CHILD, np.int32)
@@ -350,6 +356,18 @@ def gather_prefix(
   return jax.vmap(one)(tree, node)
 
 
+@functools.partial(jax.jit, static_argnames="max_depth")
+def _every_prefix(tree: Tree, *, max_depth: int) -> tuple[Array, Array]:
+  """`gather_prefix` of every node: `tokens [B, N, L]`, `lengths [B, N]`."""
+  b, n = tree.parent.shape
+  width = tree.question_tokens.shape[1] + max_depth * tree.max_step_len
+  gather = jax.vmap(
+      lambda node: gather_prefix(tree, node, max_depth=max_depth,
+                                 max_len=width),
+      in_axes=1, out_axes=1)
+  return gather(jnp.broadcast_to(jnp.arange(n), (b, n)))
+
+
 def prefix_rows(tree: Tree, mask, *, max_depth: int):
   """Question + steps of every node where `mask [B, N]`, on the host.
 
@@ -357,13 +375,6 @@ def prefix_rows(tree: Tree, mask, *, max_depth: int):
     `tokens [R, L]` (right-padded), `lengths [R]`, and `question [R]` (the
     tree each row comes from), in (tree, node) order.
   """
-  b, n = tree.parent.shape
-  width = tree.question_tokens.shape[1] + max_depth * tree.max_step_len
-  gather = jax.vmap(
-      lambda node: gather_prefix(tree, node, max_depth=max_depth,
-                                 max_len=width),
-      in_axes=1, out_axes=1)
-  tokens, lengths = jax.device_get(gather(jnp.broadcast_to(jnp.arange(n),
-                                                           (b, n))))
+  tokens, lengths = jax.device_get(_every_prefix(tree, max_depth=max_depth))
   keep = np.asarray(mask)
   return tokens[keep], lengths[keep], np.nonzero(keep)[0]
