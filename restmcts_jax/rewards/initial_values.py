@@ -46,6 +46,7 @@ def solution_records(
     max_step_len: int,
     max_depth: int,
     chunk: int = 128,
+    bucket_shapes: bool = True,
 ) -> tuple[list[list[int]], list[float]]:
   """Value records of whole solutions, grouped by question.
 
@@ -64,6 +65,8 @@ def solution_records(
     max_depth: most steps of a solution.
     chunk: questions labelled per batched call (the last one padded with
       empty trees, so every call has the same batch size).
+    bucket_shapes: round each call's node and child counts up to powers of
+      two (`tree.from_paths`), so calls share compiled programs.
 
   Returns:
     `(rows, targets)`: question + partial-solution token ids and `v_k`, one
@@ -95,7 +98,7 @@ def solution_records(
     paths += [[]] * (chunk - len(paths))  # padding: no nodes, no records
     tree, ends = tree_lib.from_paths(q_tokens, q_len, paths,
                                      max_step_len=max_step_len,
-                                     bucket_shapes=True)
+                                     bucket_shapes=bucket_shapes)
     correct = np.zeros(tree.parent.shape, bool)
     for t, (nodes, flags) in enumerate(zip(ends, correct_by_path)):
       correct[t, nodes] = flags
