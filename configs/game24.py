@@ -12,10 +12,10 @@ tree-inferred Eq. 1-2 labels are exact (132,860 records); from random
 solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
-cores (measured alone, 25 min in all) the warm start takes ~13 min (policy
-8.6, value 3.5), the iteration-0 evaluation 1.6, an iteration ~2.5 (search
-0.5, value 0.4, policy 0.6, evaluation of the five methods 1.0), the last
-one's budget sweep 3.5.
+cores (measured alone, 27 min in all) the warm start takes ~13 min (policy
+8.6, value 3.5), the iteration-0 evaluation 1.6, an iteration ~3 (search
+0.5-0.8, value 0.4, policy 0.6, evaluation of the five methods 1.0), the
+last one's budget sweep 3.5.
 """
 
 import ml_collections
@@ -30,7 +30,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 3  # 25 min on 2 cores
+  config.iterations = 3  # 27 min on 2 cores
   config.question_width = 16  # tokens of a question
   # Training mesh: data-parallel over every device, and parameters sharded
   # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
