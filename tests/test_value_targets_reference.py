@@ -9,7 +9,6 @@ fixed-shape batch of `Tree` arrays, so the jitted function compiles once.
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,8 +25,6 @@ BRANCHING = 3
 MAX_DEPTH = 6
 STEP_LEN = 2
 QUESTION_LEN = 3
-
-_infer = jax.jit(infer_value_targets, static_argnames="max_depth")
 
 SETTINGS = settings(
     max_examples=60,
@@ -216,7 +213,7 @@ batches = st.lists(random_tree(), min_size=BATCH, max_size=BATCH)
 @SETTINGS
 @given(batches)
 def test_matches_plain_python_reference(trees):
-  out = _numpy(_infer(*pack(trees), max_depth=MAX_DEPTH))
+  out = _numpy(infer_value_targets(*pack(trees), max_depth=MAX_DEPTH))
   for t, (nodes, _) in enumerate(trees):
     ref = reference_targets(nodes)
     labelled = {i for i in range(SLOTS) if out["labelled"][t, i]}
@@ -232,7 +229,7 @@ def test_matches_plain_python_reference(trees):
 @given(batches)
 def test_theorem_1_bounds(trees):
   tree, correct = pack(trees)
-  out = _numpy(_infer(tree, correct, max_depth=MAX_DEPTH))
+  out = _numpy(infer_value_targets(tree, correct, max_depth=MAX_DEPTH))
   parent = np.asarray(tree.parent)
   for t in range(BATCH):
     for i in np.flatnonzero(out["labelled"][t]):
@@ -248,9 +245,9 @@ def test_theorem_1_bounds(trees):
 @SETTINGS
 @given(batches)
 def test_batch_rows_are_independent(trees):
-  together = _numpy(_infer(*pack(trees), max_depth=MAX_DEPTH))
+  together = _numpy(infer_value_targets(*pack(trees), max_depth=MAX_DEPTH))
   for t in range(BATCH):
-    alone = _numpy(_infer(*pack([trees[t]]), max_depth=MAX_DEPTH))
+    alone = _numpy(infer_value_targets(*pack([trees[t]]), max_depth=MAX_DEPTH))
     np.testing.assert_array_equal(together["labelled"][t], alone["labelled"][0])
     lab = alone["labelled"][0]
     for k in ("m", "r"):
@@ -263,12 +260,12 @@ def test_batch_rows_are_independent(trees):
 @given(batches)
 def test_no_correct_leaf_no_labels(trees):
   tree, correct = pack(trees)
-  out = _numpy(_infer(tree, correct, max_depth=MAX_DEPTH))
+  out = _numpy(infer_value_targets(tree, correct, max_depth=MAX_DEPTH))
   for t, (nodes, _) in enumerate(trees):
     if not _has_correct_leaf(nodes):
       assert not out["labelled"][t].any(), t
   # Every answer wrong: nothing labelled anywhere.
-  out = _numpy(_infer(tree, jnp.zeros_like(correct), max_depth=MAX_DEPTH))
+  out = _numpy(infer_value_targets(tree, jnp.zeros_like(correct), max_depth=MAX_DEPTH))
   assert not out["labelled"].any()
 
 
