@@ -126,10 +126,14 @@ class PhaseRecorder:
     self._events = []
     stats = jax.local_devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
-    self.phases.append(Phase(
-        name, iteration, seconds, sum(s for _, s in inside),
-        sum(n == _BACKEND_COMPILE for n, _ in inside),
-        None if peak is None else peak / 2**30))
+    phase = Phase(name, iteration, seconds, sum(s for _, s in inside),
+                  sum(n == _BACKEND_COMPILE for n, _ in inside),
+                  None if peak is None else peak / 2**30)
+    self.phases.append(phase)
+    # As it happens too, for runs cut off before the table.
+    print(f"phase {name} {iteration}: {seconds:.1f} s, "
+          f"compiling {phase.compile_seconds:.1f} s "
+          f"({phase.compiles} programs)", flush=True)
 
 
 def add_throughput(phases: list[Phase], metrics: list[dict], config,

@@ -18,9 +18,8 @@ LM): that is the cost of selection, back-up and tree bookkeeping.
 
     python bench/search.py                        # 1, 8 and 64 questions
     python bench/search.py --questions 8 --sequential_questions 2
-    XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/search.py \
-        --questions 64 --sequential_questions 2 --rounds 1 --drivers cached
-                                                  # as run on an H200
+    python bench/search.py --questions 64 --sequential_questions 2 \
+        --rounds 1 --drivers cached               # on a GPU
 
 Ends with `RESULT search_speedup_q64 <cached / per-node>` (questions per
 second; the per-node driver's rate is measured on a few questions, since it

@@ -65,14 +65,16 @@ These layouts are tested on 8 simulated CPU devices and on two CPU processes
 sharing one block (the same metrics as replicated / as one process); on
 accelerators only the single-device layout has been run.
 
-Measured on one H100 at 0.5B (random weights, f32; BENCHMARKS.md): an AdamW
-step at batch 4 runs in 135 / 270 / 1,132 ms at 128 / 256 / 1,024 tokens
-(27.75 GiB peak for the three) but compiles in ~17 s per length, and the
+Measured on one H100 at 0.5B (random weights; BENCHMARKS.md): an AdamW step
+at batch 4 x 256 tokens runs in 32 ms in f32 (26 ms with
+`--config.model.compute_dtype=bfloat16`) but compiles in 20-30 s, and the
 search and evaluation programs are larger, so a first run is compile-bound:
-the warm start's 40 steps took 260 s, and evaluating greedy, SC and MCTS* on
-16 questions had not finished after 160 s. Hence the coarse
-`train.length_buckets` below; `main`'s persistent compilation cache lets
-reruns, resumed runs and later iterations load compiled programs.
+the warm start's 20 value steps took 76 s and evaluating greedy and MCTS* on
+16 questions 298 s, nearly all of it compiling. `main`'s persistent
+compilation cache lets reruns, resumed runs and later iterations load the
+programs (those two phases: 24 and 71 s), and the coarse
+`train.length_buckets` below keep the training programs few. Keep XLA's GPU
+autotuning on (its default): switched off, the step ran 7-8x slower.
 """
 
 from configs import game24
@@ -105,8 +107,8 @@ def get_config(checkpoint: str = ""):
                        stop_at_end_gate=False, skip_exhausted=False)
   config.search_questions = 256
   config.search_batch = 32
-  # Coarse length buckets: at 0.5B each one compiles an AdamW step in ~17 s
-  # on an H100, where a 4 x 128-token step runs in 135 ms.
+  # Coarse length buckets: at 0.5B each one compiles an AdamW step in 20-30 s
+  # on an H100, where a 4 x 256-token step runs in 32 ms.
   config.train.update(policy_steps=200, value_steps=200, batch_size=4,
                       learning_rate=1e-5, length_buckets="128,256,512,1024")
   config.eval.update(num_test=64, methods="greedy,sc,bon,tot,mcts", budget=4,
