@@ -189,3 +189,23 @@ def test_one_compiled_step_serves_every_schedule():
              for k in ("peak", "warmup", "decay", "end")]))
   assert texts[0] == texts[1]
   np.testing.assert_allclose(updates, [1e-2, 3e-5 * 2 / 7], rtol=1e-6)
+
+
+def test_a_step_built_for_one_schedule_trains_any_other_alike():
+  """The loop reuses one jitted step for every training call: the schedule
+  comes from the state it is given, not from the optimizer it was built
+  with."""
+  graphdef, params = nnx.split(tl.Transformer(CONFIG, rngs=nnx.Rngs(0)))
+  other = optim.make_optimizer(optim.OptimizerConfig(
+      learning_rate=3e-5, warmup_steps=2, total_steps=5))
+  results = []
+  for built_with in (optim.make_optimizer(OPT), other):
+    step = steps.make_train_step(graphdef, steps.sft_loss, built_with)
+    state = steps.init_state(jax.tree.map(jnp.copy, params), other)
+    for _ in range(4):
+      state, _ = step(state, _sft_batch())
+    results.append(state.params)
+  jax.tree.map(np.testing.assert_array_equal, *results)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       results[0], params)
+  assert max(jax.tree.leaves(moved)) > 0
