@@ -1,6 +1,8 @@
 """The step sampler: agrees with a naive full-forward loop, stops where it
 should, is reproducible by key and independent of its batch-mates."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,14 +34,30 @@ def _sample(model, prefix, lengths, config, seed=0):
   return sampling.sample_step(graphdef, state, prefix, lengths, keys, config)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_at_width(graphdef, state, tokens):
+  logits, hidden, _ = nnx.merge(graphdef, state)(
+      tokens, tl.default_positions(tokens))
+  return logits, hidden
+
+
+def _full_forward(model, seq):
+  """`(logits [T, V], hidden [T, E])` of a whole forward pass over the
+  tokens `seq` (no cache), right-padded to one width that a causal model's
+  outputs do not see: one compiled program serves every length."""
+  seq = np.asarray(seq).reshape(-1)
+  tokens = np.zeros((1, 32), np.int32)
+  tokens[0, :seq.size] = seq
+  logits, hidden = _forward_at_width(*nnx.split(model), jnp.asarray(tokens))
+  return logits[0, :seq.size], hidden[0, :seq.size]
+
+
 def _naive_greedy(model, row, config):
   """One step by re-running the whole sequence for every new token."""
   seq = list(row)
   step = []
   while True:
-    x = jnp.array(seq)[None]
-    logits, _, _ = model(x, tl.default_positions(x))
-    token = int(jnp.argmax(logits[0, -1]))
+    token = int(jnp.argmax(_full_forward(model, seq)[0][-1]))
     step.append(token)
     seq.append(token)
     if token in config.end_token_ids or len(step) == config.max_step_len:
@@ -78,8 +96,8 @@ def test_last_hidden_and_step_slices_hold_the_whole_step():
     i = row // k
     full = jnp.concatenate([prefix[i, :lengths[i]],
                             out.tokens[row, :out.lengths[row]]])[None]
-    _, hidden, _ = model(full, tl.default_positions(full))
-    np.testing.assert_allclose(out.last_hidden[row], hidden[0, -1], atol=1e-5)
+    hidden = _full_forward(model, full)[1]
+    np.testing.assert_allclose(out.last_hidden[row], hidden[-1], atol=1e-5)
     # The prefix's cache with the step slices written after it continues
     # like a full forward pass.
     cache = tl.KVCache.zeros(TINY, 1, width)
@@ -89,9 +107,8 @@ def test_last_hidden_and_step_slices_hold_the_whole_step():
         lambda c: c[row:row + 1], steps))
     nxt = jnp.array([[7]])
     cached, _, _ = model(nxt, jnp.array([[full.shape[1]]]), cache)
-    ref, _, _ = model(jnp.concatenate([full, nxt], 1),
-                      tl.default_positions(jnp.concatenate([full, nxt], 1)))
-    np.testing.assert_allclose(cached[0, 0], ref[0, -1], atol=1e-5)
+    ref = _full_forward(model, jnp.concatenate([full, nxt], 1))[0]
+    np.testing.assert_allclose(cached[0, 0], ref[-1], atol=1e-5)
 
 
 def test_stop_reasons_eos_answer_marker_and_max_length():
@@ -165,7 +182,7 @@ def test_log_prob_is_the_sum_over_the_step_of_the_sampling_distribution(
   for i in range(prefix.shape[0]):
     step = out.tokens[i, :out.lengths[i]]
     full = jnp.concatenate([prefix[i, :lengths[i]], step])[None]
-    logits = model(full, tl.default_positions(full))[0][0]
+    logits = _full_forward(model, full)[0]
     logits = logits[lengths[i] - 1:-1] / (temperature or 1.0)
     logits = sampling.filter_logits(logits, top_k, 1.0)
     want = jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits),
