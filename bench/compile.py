@@ -1,10 +1,11 @@
 """What a new sequence-length bucket costs: compiling the loop's AdamW step
 vs running it, at a real model's shapes (random weights, nothing read).
 
-Each training call of the loop jits a fresh step and pads its batches to
-length buckets (`training.batching.DEFAULT_BUCKETS`), so the first call
-compiles once per bucket it meets; the persistent compilation cache that
-`restmcts_jax.main` keeps serves later calls and runs. With `--cache_dir`,
+The loop pads its training batches to length buckets
+(`training.batching.DEFAULT_BUCKETS`) and compiles its step once per bucket
+it meets (one jitted step per model and loss serves the whole run); the
+persistent compilation cache that `restmcts_jax.main` keeps serves reruns and
+resumed runs. With `--cache_dir`,
 each step is compiled, JAX's in-memory caches are cleared and the step is
 called again: the "cached call" column is that second first call, served by
 the persistent cache (what a rerun or resumed run pays).
@@ -50,10 +51,6 @@ _CACHE_DIR = flags.DEFINE_string(
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
-def _block(tree):
-  jax.block_until_ready(tree)
-
-
 def main(argv):
   del argv
   compile_s = []
@@ -94,7 +91,7 @@ def main(argv):
       compile_s.clear()
       start = time.perf_counter()
       state, metrics = step(state, batch)
-      _block(metrics)
+      jax.block_until_ready(metrics)
       first, compiled = time.perf_counter() - start, sum(compile_s)
       row = f"{dtype:>8} | {length:>6} | {first:>12.1f} | {compiled:>13.1f} | "
       if cached:
@@ -102,14 +99,14 @@ def main(argv):
         step = steps.make_train_step(graph, steps.sft_loss, tx)
         start = time.perf_counter()
         state, metrics = step(state, batch)
-        _block(metrics)
+        jax.block_until_ready(metrics)
         again = time.perf_counter() - start
         row += f"{again:>13.1f} | "
         results.append((f"cache_speedup_{dtype}_{length}", first / again))
       start = time.perf_counter()
       for _ in range(_STEPS.value):
         state, metrics = step(state, batch)
-      _block(metrics)
+      jax.block_until_ready(metrics)
       per_step = (time.perf_counter() - start) / _STEPS.value
       tflops = 6 * num_params * b * length / per_step / 1e12
       print(row + f"{per_step * 1000:>7.0f} | {tflops:>7.1f} | "

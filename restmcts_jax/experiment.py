@@ -116,13 +116,12 @@ DEFAULT_COMPILATION_CACHE = "~/.cache/restmcts_jax/xla"
 
 
 def enable_compilation_cache(directory: str) -> None:
-  """Keeps compiled XLA programs in `directory` ('': off) across calls and
-  runs: each training call jits a fresh step (the same program for every
-  schedule, `optim.warmup_cosine`), and at 0.5B one AdamW step compiles in
+  """Keeps compiled XLA programs in `directory` ('': off) across runs:
+  reruns and resumed runs load them. At 0.5B one AdamW step compiles in
   20-30 s on an H100 per sequence-length bucket and loads from the cache in
-  ~5 s (BENCHMARKS.md). A cache set
-  through `JAX_COMPILATION_CACHE_DIR` stays in charge; a folder that cannot
-  be written leaves the cache off, with a warning."""
+  ~5 s (BENCHMARKS.md). A cache set through `JAX_COMPILATION_CACHE_DIR`
+  stays in charge; a folder that cannot be written leaves the cache off, with
+  a warning."""
   if not directory or jax.config.jax_compilation_cache_dir:
     return
   directory = os.path.expanduser(directory)

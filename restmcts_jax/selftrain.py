@@ -357,9 +357,10 @@ class _Loop:
       batches = [distributed.to_global(b, shardings[1])
                  for b in batches[:num_steps]]  # only those the steps use
     state = distributed.to_global(state, shardings[0])
-    # The schedule's numbers live in the optimizer state (`optim`), so one
-    # jitted step per model, loss and layout serves every call: later calls
-    # skip tracing it again (seconds per length bucket at 0.5B).
+    # Calls differ only in the schedule's numbers, which live in the
+    # optimizer state (`optim`): one jitted step per model, loss and layout
+    # serves every call, and later calls skip tracing it again (seconds per
+    # length bucket at 0.5B).
     key = (graph, loss_fn, jax.tree.structure(shardings),
            tuple(jax.tree.leaves(shardings)))
     if key not in self._train_steps:
