@@ -12,7 +12,7 @@ the persistent cache (what a rerun or resumed run pays).
 
     python bench/compile.py --model=qwen2.5-0.5b --lengths=128,256,1024
     python bench/compile.py --model=qwen2.5-0.5b --lengths=256 \
-        --dtypes=float32,bfloat16 --cache_dir=/tmp/xla_cache
+        --dtypes=float32,bfloat16 --cache_dir=
     python bench/compile.py --model=tiny          # a quick check on CPU
 
 TFLOP/s counts 6 x parameters x tokens per step (attention left out). Ends
@@ -22,6 +22,7 @@ cached call s>`.
 """
 
 import dataclasses
+import pathlib
 import tempfile
 import time
 
@@ -46,20 +47,32 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per length.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32"],
                             "Compute dtypes (parameters stay float32).")
 _CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", None, "Persistent compilation cache folder: also time each "
-    "step's first call served from it (an empty temporary folder if '').")
+    "cache_dir", None, "An empty folder for a persistent compilation cache "
+    "('': a new temporary one): also time each step's first call served "
+    "from it. Without it no persistent cache is used.")
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 def main(argv):
   del argv
-  compile_s = []
+  compile_s, cache_hits = [], []
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, **kw: compile_s.append(secs)
       if name == _BACKEND_COMPILE else None)
-  if _CACHE_DIR.value is not None:
-    jax.config.update("jax_compilation_cache_dir",
-                      _CACHE_DIR.value or tempfile.mkdtemp(prefix="xla_"))
+  jax.monitoring.register_event_listener(
+      lambda name, **kw: cache_hits.append(name)
+      if name == _CACHE_HIT else None)
+  if _CACHE_DIR.value is None:
+    # Not even one set through JAX_COMPILATION_CACHE_DIR: every first call
+    # compiles.
+    jax.config.update("jax_enable_compilation_cache", False)
+  else:
+    folder = pathlib.Path(_CACHE_DIR.value or tempfile.mkdtemp(prefix="xla_"))
+    if folder.exists() and any(folder.iterdir()):
+      raise app.UsageError(f"--cache_dir={folder} is not empty: its programs "
+                           "would make the first calls cache hits")
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     # Cache every program, however quick to compile.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   architecture = presets.model_config(_MODEL.value)
@@ -95,12 +108,16 @@ def main(argv):
       first, compiled = time.perf_counter() - start, sum(compile_s)
       row = f"{dtype:>8} | {length:>6} | {first:>12.1f} | {compiled:>13.1f} | "
       if cached:
-        jax.clear_caches()
+        jax.clear_caches()  # in-memory only: the folder stays
         step = steps.make_train_step(graph, steps.sft_loss, tx)
+        cache_hits.clear()
         start = time.perf_counter()
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
         again = time.perf_counter() - start
+        if not cache_hits:
+          raise RuntimeError(f"{dtype} x {length}: the step was compiled "
+                             "again, not loaded from --cache_dir")
         row += f"{again:>13.1f} | "
         results.append((f"cache_speedup_{dtype}_{length}", first / again))
       start = time.perf_counter()

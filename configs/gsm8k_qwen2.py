@@ -68,13 +68,14 @@ accelerators only the single-device layout has been run.
 Measured on one H100 at 0.5B (random weights; BENCHMARKS.md): an AdamW step
 at batch 4 x 256 tokens runs in 32 ms in f32 (26 ms with
 `--config.model.compute_dtype=bfloat16`) but compiles in 20-30 s, and the
-search and evaluation programs are larger, so a first run is compile-bound:
-the warm start's 20 value steps took 76 s and evaluating greedy and MCTS* on
-16 questions 298 s, nearly all of it compiling. `main`'s persistent
-compilation cache lets reruns, resumed runs and later iterations load the
-programs (those two phases: 24 and 71 s), and the coarse
-`train.length_buckets` below keep the training programs few. Keep XLA's GPU
-autotuning on (its default): switched off, the step ran 7-8x slower.
+search and evaluation programs are larger, so a first run is compile-bound
+(bf16, autotuning off): the warm start's 20 value steps took 76 s and
+evaluating greedy and MCTS* on 16 questions 298 s, nearly all of it
+compiling. `main`'s persistent compilation cache lets reruns, resumed runs
+and later iterations load the programs (those two phases: 24 and 71 s), and
+the coarse `train.length_buckets` below keep the training programs few. Keep
+XLA's GPU autotuning on (its default): switched off, the step ran 7-8x
+slower.
 """
 
 from configs import game24

@@ -347,9 +347,10 @@ class _Loop:
       FloatingPointError: on a non-finite loss, naming the phase and step;
         nothing is saved, so the last checkpoint stays as it was.
     """
-    tx = optim.make_optimizer(optim.OptimizerConfig(
+    optimizer = optim.OptimizerConfig(
         learning_rate=learning_rate, warmup_steps=min(10, num_steps),
-        total_steps=max(num_steps, 1)))
+        total_steps=max(num_steps, 1))
+    tx = optim.make_optimizer(optimizer)
     with self.rules():  # parameters as laid out, batch over data x fsdp
       state = training_steps.init_state(params, tx)
       shardings = (training_steps.state_shardings(state, tx, self.mesh),
@@ -357,11 +358,13 @@ class _Loop:
       batches = [distributed.to_global(b, shardings[1])
                  for b in batches[:num_steps]]  # only those the steps use
     state = distributed.to_global(state, shardings[0])
-    # Calls differ only in the schedule's numbers, which live in the
-    # optimizer state (`optim`): one jitted step per model, loss and layout
-    # serves every call, and later calls skip tracing it again (seconds per
-    # length bucket at 0.5B).
-    key = (graph, loss_fn, jax.tree.structure(shardings),
+    # The schedule's numbers live in the optimizer state (`optim`): one
+    # jitted step per model, loss, layout and the rest of the optimizer's
+    # settings serves every call, and later calls skip tracing it again
+    # (seconds per length bucket at 0.5B).
+    schedule_free = dataclasses.replace(optimizer, learning_rate=0.0,
+                                        warmup_steps=0, total_steps=0)
+    key = (graph, loss_fn, schedule_free, jax.tree.structure(shardings),
            tuple(jax.tree.leaves(shardings)))
     if key not in self._train_steps:
       self._train_steps[key] = training_steps.make_train_step(

@@ -17,6 +17,14 @@ def test_tiny_model_rows_and_a_cached_call_faster_than_compiling(tmp_path):
        f"--cache_dir={tmp_path / 'xla'}"],
       cwd=ROOT, env=env, capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-3000:]
+  full = tmp_path / "full"
+  full.mkdir()
+  (full / "program").write_text("")
+  refused = subprocess.run(
+      [sys.executable, "bench/compile.py", "--model=tiny", "--lengths=16",
+       f"--cache_dir={full}"], cwd=ROOT, env=env, capture_output=True,
+      text=True)
+  assert refused.returncode != 0 and "is not empty" in refused.stderr
   rows = [line.split("|") for line in run.stdout.splitlines()
           if re.match(r"\s*(float32|bfloat16) \|", line)]
   assert [(r[0].strip(), int(r[1])) for r in rows] == [
@@ -24,7 +32,8 @@ def test_tiny_model_rows_and_a_cached_call_faster_than_compiling(tmp_path):
   for r in rows:
     first, compiled, cached = map(float, r[2:5])
     assert 0 < compiled <= first
-    assert cached < first  # loaded from the folder, not compiled again
+    # The bench stops unless JAX reported a persistent-cache hit for it.
+    assert cached < first
   assert any((tmp_path / "xla").iterdir())
   results = dict(line.split()[1:] for line in run.stdout.splitlines()
                  if line.startswith("RESULT "))
