@@ -63,7 +63,8 @@ def main(argv):
   jax.monitoring.register_event_listener(
       lambda name, **kw: cache_hits.append(name)
       if name == _CACHE_HIT else None)
-  if _CACHE_DIR.value is None:
+  cached = _CACHE_DIR.value is not None
+  if not cached:
     # Not even one set through JAX_COMPILATION_CACHE_DIR: every first call
     # compiles.
     jax.config.update("jax_enable_compilation_cache", False)
@@ -79,7 +80,6 @@ def main(argv):
   device = jax.devices()[0]
   print(f"model {_MODEL.value}, AdamW step at batch {_BATCH.value}, "
         f"{device.device_kind} ({device.platform}), jax {jax.__version__}")
-  cached = _CACHE_DIR.value is not None
   header = (f"{'dtype':>8} | {'length':>6} | {'first call s':>12} | "
             f"{'XLA compile s':>13} | " +
             (f"{'cached call s':>13} | " if cached else "") +
@@ -95,12 +95,12 @@ def main(argv):
     tx = optim.make_optimizer(optim.OptimizerConfig(
         learning_rate=1e-5, warmup_steps=10, total_steps=100))
     state = steps.init_state(params, tx)
+    step = steps.make_train_step(graph, steps.sft_loss, tx)
     for length in map(int, _LENGTHS.value):
       b = _BATCH.value
       batch = steps.SFTBatch(tokens=jnp.ones((b, length), jnp.int32),
                              lengths=jnp.full((b,), length, jnp.int32),
                              prompt_len=jnp.full((b,), 8, jnp.int32))
-      step = steps.make_train_step(graph, steps.sft_loss, tx)
       compile_s.clear()
       start = time.perf_counter()
       state, metrics = step(state, batch)

@@ -265,7 +265,8 @@ def test_no_correct_leaf_no_labels(trees):
     if not _has_correct_leaf(nodes):
       assert not out["labelled"][t].any(), t
   # Every answer wrong: nothing labelled anywhere.
-  out = _numpy(infer_value_targets(tree, jnp.zeros_like(correct), max_depth=MAX_DEPTH))
+  out = _numpy(infer_value_targets(tree, jnp.zeros_like(correct),
+                                   max_depth=MAX_DEPTH))
   assert not out["labelled"].any()
 
 
