@@ -91,6 +91,8 @@ class Phase:
   compile_seconds: float  # tracing, lowering and XLA compiling (or loading)
   compiles: int  # XLA programs built or loaded from a compilation cache
   peak_gib: float | None  # the device's peak so far; None where unreported
+  # The iteration's metric values when the phase ended (`selftrain.run`).
+  metrics: dict = dataclasses.field(default_factory=dict)
   throughput: str = ""
 
 
@@ -118,7 +120,8 @@ class PhaseRecorder:
     if name.startswith(_COMPILE_EVENTS):
       self._events.append((time.perf_counter(), name, seconds))
 
-  def __call__(self, name: str, iteration: int, seconds: float):
+  def __call__(self, name: str, iteration: int, seconds: float,
+               metrics: dict | None = None):
     start = time.perf_counter() - seconds
     inside = [(n, s) for end, n, s in self._events if end >= start]
     self.outside_compile_seconds += sum(
@@ -128,7 +131,7 @@ class PhaseRecorder:
     peak = stats.get("peak_bytes_in_use")
     phase = Phase(name, iteration, seconds, sum(s for _, s in inside),
                   sum(n == _BACKEND_COMPILE for n, _ in inside),
-                  None if peak is None else peak / 2**30)
+                  None if peak is None else peak / 2**30, dict(metrics or {}))
     self.phases.append(phase)
     # As it happens too, for runs cut off before the table.
     print(f"phase {name} {iteration}: {seconds:.1f} s, "
@@ -136,15 +139,12 @@ class PhaseRecorder:
           f"({phase.compiles} programs)", flush=True)
 
 
-def add_throughput(phases: list[Phase], metrics: list[dict], config,
-                   num_train: int) -> None:
-  """Fills each phase's throughput from the metrics rows `selftrain.run`
-  returned, over the phase's seconds less its compile time (`num_train`:
-  training questions, of which collect searches `config.search_questions`).
-  """
-  rows = {r["iteration"]: r for r in metrics}
+def add_throughput(phases: list[Phase], config, num_train: int) -> None:
+  """Fills each phase's throughput from its metrics, over the phase's seconds
+  less its compile time (`num_train`: training questions, of which collect
+  searches `config.search_questions`)."""
   for p in phases:
-    row = rows.get(p.iteration, {})
+    row = p.metrics
     run_s = p.seconds - p.compile_seconds
     rate = lambda count, run_s=run_s: (f"{count / run_s:,.2f}/s"
                                        if run_s > 0 else "-/s")
@@ -219,7 +219,7 @@ def main(argv):
     start = time.perf_counter()
     metrics = selftrain.run(config, scratch / "run", on_phase=recorder)
     total = time.perf_counter() - start
-  add_throughput(recorder.phases, metrics, config, len(train_examples))
+  add_throughput(recorder.phases, config, len(train_examples))
   device = jax.devices()[0]
   print(f"model {_MODEL.value} (random weights), "
         f"{jax.device_count()} x {device.device_kind} ({device.platform}), "

@@ -622,13 +622,15 @@ class _Loop:
 
 
 def run(config, workdir,
-        on_phase: Callable[[str, int, float], None] | None = None):
+        on_phase: Callable[[str, int, float, dict], None] | None = None):
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
   rows, a list of dicts (also in `workdir/metrics.jsonl`), iteration 0 being
   the warm start.
 
-  `on_phase(name, iteration, seconds)` is called after each phase that runs
-  (before its checkpoint is written), e.g. by `bench/loop.py`.
+  `on_phase(name, iteration, seconds, metrics)` is called after each phase
+  that runs (before its checkpoint is written), e.g. by `bench/loop.py`;
+  `metrics` holds the iteration's metric values so far (its whole row after
+  the evaluation), so a run cut off mid-iteration still reports them.
   """
   workdir = experiment.workdir_path(workdir)
   if distributed.is_main():
@@ -664,13 +666,14 @@ def run(config, workdir,
         seconds = time.perf_counter() - start
         logging.info("phase %s of iteration %d took %.1f s", name, iteration,
                      seconds)
+        new_row = (meta["metrics"][-1] if len(meta["metrics"]) > rows_before
+                   else None)
         if on_phase is not None:
-          on_phase(name, iteration, seconds)
+          on_phase(name, iteration, seconds,
+                   dict(meta["current"] if new_row is None else new_row))
         meta["phase"] = index
         # Global arrays: orbax writes each shard once, from its process.
         checkpoints.save(index, state, buffers.to_arrays(), meta)
-        new_row = (meta["metrics"][-1] if len(meta["metrics"]) > rows_before
-                   else None)
         loop.outputs.publish(meta, new_row)
         if new_row is not None:
           logging.info("iteration %d: %s", iteration, new_row)

@@ -28,15 +28,16 @@ def test_throughput_counts_steps_tokens_and_questions_net_of_compiling():
   config.search_questions = 32
   config.warmstart.update(steps=20, value_steps=10)
   config.train.update(policy_steps=7, value_steps=5)
-  phases = [loop.Phase("warmstart", 0, 12.0, 2.0, 3, 1.5),
-            loop.Phase("eval", 0, 4.0, 5.0, 2, 1.5),
-            loop.Phase("collect", 1, 9.0, 1.0, 2, 2.0),
-            loop.Phase("train", 1, 3.0, 0.5, 1, 2.0),
-            loop.Phase("eval", 1, 4.0, 0.0, 0, 2.0)]
-  metrics = [dict(iteration=0, warmstart_loss=None, warmstart_value_loss=0.2),
-             dict(iteration=1, search_policy_tokens=100.0, value_loss=0.1,
-                  policy_loss=None, tokens_greedy=48.0, tokens_mcts=117.4)]
-  loop.add_throughput(phases, metrics, config, num_train=20)
+  warm = dict(iteration=0, warmstart_loss=None, warmstart_value_loss=0.2)
+  collected = dict(search_policy_tokens=100.0)
+  trained = dict(collected, value_loss=0.1, policy_loss=None)
+  row = dict(trained, iteration=1, tokens_greedy=48.0, tokens_mcts=117.4)
+  phases = [loop.Phase("warmstart", 0, 12.0, 2.0, 3, 1.5, warm),
+            loop.Phase("eval", 0, 4.0, 5.0, 2, 1.5, warm),
+            loop.Phase("collect", 1, 9.0, 1.0, 2, 2.0, collected),
+            loop.Phase("train", 1, 3.0, 0.5, 1, 2.0, trained),
+            loop.Phase("eval", 1, 4.0, 0.0, 0, 2.0, row)]
+  loop.add_throughput(phases, config, num_train=20)
   # Only the value model trained in the warm start (10 steps in 10 s) and
   # in iteration 1 (5 steps in 2.5 s); 20 questions (fewer than 32) x 100
   # tokens in 8 s.
@@ -51,8 +52,8 @@ def test_throughput_counts_steps_tokens_and_questions_net_of_compiling():
   assert [f.strip() for f in lines[4].split("|")] == [
       "collect", "1", "9.0", "1.0", "2", "2.00", phases[2].throughput]
   # No rate where compiling took the whole phase.
-  phases = [loop.Phase("warmstart", 0, 1.0, 1.5, 3, None)]
-  loop.add_throughput(phases, metrics, config, num_train=20)
+  phases = [loop.Phase("warmstart", 0, 1.0, 1.5, 3, None, warm)]
+  loop.add_throughput(phases, config, num_train=20)
   assert phases[0].throughput == "10 AdamW steps, -/s"
 
 
@@ -64,12 +65,13 @@ def test_recorder_counts_the_programs_compiled_inside_each_phase():
     start = time.perf_counter()
     jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones(3)).block_until_ready()
     jax.jit(lambda x: jnp.cos(x) - 2)(jnp.ones(4)).block_until_ready()
-    recorder("warmstart", 0, time.perf_counter() - start)
+    recorder("warmstart", 0, time.perf_counter() - start, {"loss": 0.5})
     recorder("eval", 0, 0.01)
   first, second = recorder.phases
   assert first.compiles >= 2 and 0 < first.compile_seconds <= first.seconds
   assert recorder.outside_compile_seconds > 0
   assert (second.compile_seconds, second.compiles) == (0.0, 0)
+  assert (first.metrics, second.metrics) == ({"loss": 0.5}, {})
   jax.jit(lambda x: x - 3.0)(jnp.ones(5)).block_until_ready()  # closed
   assert len(recorder.phases) == 2 and not recorder._events
 
@@ -108,6 +110,10 @@ def test_a_tiny_random_checkpoint_runs_every_phase(tmp_path):
   assert rows["phases"][1]["compiles"] > 0  # the evaluation's programs
   assert "policy tokens per question: greedy" in rows["phases"][-1][
       "throughput"]
+  # Collect reports its own metrics as it ends, before the iteration's row.
+  assert rows["phases"][2]["metrics"]["search_policy_tokens"] > 0
+  assert "policy tokens" in rows["phases"][2]["throughput"]
+  assert "; 2 questions, " in rows["phases"][2]["throughput"]
   assert [m["iteration"] for m in rows["metrics"]] == [0, 1]
   assert "phase |" in printed
   config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
