@@ -29,7 +29,6 @@ from restmcts_jax import distributed
 from restmcts_jax import sampling
 from restmcts_jax.search import baselines
 from restmcts_jax.search import mcts_star
-from restmcts_jax.search import tree as tree_lib
 from restmcts_jax.tasks import registry
 from restmcts_jax.tokenizer import Tokenizer
 
@@ -277,10 +276,7 @@ def run_method(method: str, samples: int, models, context: EvalContext,
   result = distributed.fetch(mcts_star.search_lm(
       graphdef, state, tokens, lengths, keys, context.sampler_config,
       search_config, token_budget=max(1, round(samples * greedy_tokens))))
-  answer = np.zeros(result.tree.parent.shape, bool)
-  answer[np.arange(len(problems)), result.answer_node] = True
-  rows, row_len, _ = tree_lib.prefix_rows(result.tree, answer,
-                                          max_depth=context.max_depth)
+  rows, row_len = mcts_star.answer_rows(result, max_depth=context.max_depth)
   texts = _texts(tok, rows, row_len, range(len(problems)))
   return _result(method, samples, context, problems, texts,
                  result.policy_tokens, result.value_tokens), result

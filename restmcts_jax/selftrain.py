@@ -221,6 +221,7 @@ class Outputs:
     for q in range(min(count, result.tree.batch_size)):
       page = views.tree_to_html(
           result.tree, q, answer_node=int(result.answer_node[q]),
+          rollout_steps=views.answer_rollout_steps(result, q, decode),
           decode=decode, title=f"{kind} tree {q}, iteration {iteration}")
       paths.write_atomic(folder / f"{kind}_{q}.html", page)
 

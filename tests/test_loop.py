@@ -168,7 +168,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
       False, 1)
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1,
-           "stop_at_end_gate": True}
+           "stop_at_end_gate": True, "rollout_answers": False}
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS
                             if k not in later}, **later}

@@ -26,6 +26,12 @@ SETTINGS = {
                      max_depth=3, stop_at_end_gate=False), [10]),
     "deep_rollouts_d6": (dict(branch=2, roll_branch=6, roll_forward_steps=4,
                               alpha=0.3, max_depth=5, end_gate=0.95), [7]),
+    "rollout_answers": (dict(branch=2, roll_branch=2, roll_forward_steps=3,
+                             max_depth=3, stop_at_end_gate=False,
+                             rollout_answers=True), [1, 2, 4, 8]),
+    "rollout_answers_gate": (dict(branch=3, roll_branch=1,
+                                  roll_forward_steps=4, max_depth=4,
+                                  end_gate=0.9, rollout_answers=True), [6]),
 }
 
 
@@ -39,7 +45,8 @@ def _reference_config(c: mcts_star.MCTSConfig):
   return dict(b=c.branch, d=c.roll_branch, m=c.roll_forward_steps,
               c=c.exploration, alpha=c.alpha, inf=c.unvisited_bonus,
               end_gate=c.end_gate, stop_at_end_gate=c.stop_at_end_gate,
-              max_depth=c.max_depth, score_merged=True)
+              max_depth=c.max_depth, score_merged=True,
+              rollout_answers=c.rollout_answers)
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -82,3 +89,15 @@ def test_jax_search_matches_the_reference_after_every_iteration(name):
       assert out.iterations[b] == ref["iterations_run"], where
       assert out.policy_tokens[b] == ref["policy_tokens"], where
       assert out.value_tokens[b] == ref["value_tokens"], where
+      assert out.answer_is_rollout[b] == ref["answer_is_rollout"], where
+      rollout = jax.tree.map(lambda x, b=b: x[b], out.best_rollout)
+      if ref["best_rollout"] is None:
+        assert rollout.value == -1.0, where
+        continue
+      node, steps, value = ref["best_rollout"]
+      assert rollout.node == node, where
+      np.testing.assert_allclose(rollout.value, value, atol=1e-6,
+                                 err_msg=where)
+      taken = [list(rollout.steps[i, :n])
+               for i, n in enumerate(rollout.step_lengths) if n]
+      assert taken == steps, where

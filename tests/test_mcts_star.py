@@ -1,6 +1,7 @@
 """MCTS* on batched trees: invariants on random searches, batch
 independence, masking of finished rows, and a search driven by real LMs."""
 
+import dataclasses
 import functools
 
 import jax
@@ -429,3 +430,36 @@ def test_expanding_again_needs_skipping_exhausted_subtrees():
     mcts_star.MCTSConfig(max_expansions=2)
   with pytest.raises(ValueError, match="max_expansions"):
     mcts_star.MCTSConfig(max_expansions=0)
+
+
+def test_a_rollout_answer_is_its_start_node_s_prefix_and_its_steps():
+  """`answer_rows` writes out each answer: where the best finished rollout
+  is the answer, V's value of the written row is the rollout's own value,
+  and it outranks every node; elsewhere the row is the answer node's."""
+  rows = [[i, i + 3, 2 * i] for i in range(1, 17)]
+  config = mcts_star.MCTSConfig(num_iterations=3, branch=2, roll_branch=2,
+                                roll_forward_steps=3, max_depth=3,
+                                max_step_len=2, stop_at_end_gate=False,
+                                rollout_answers=True)
+  out = jax.tree.map(np.asarray, _run(rows, config))
+  tokens, lengths = mcts_star.answer_rows(out, max_depth=config.max_depth)
+  written = np.asarray(toy_models.score(jnp.asarray(tokens),
+                                        jnp.asarray(lengths)))
+  t = out.tree
+  from_rollout = out.answer_is_rollout
+  assert 0 < from_rollout.sum() < len(rows)
+  np.testing.assert_allclose(written[from_rollout],
+                             out.best_rollout.value[from_rollout], atol=1e-6)
+  for b in np.nonzero(from_rollout)[0]:
+    assert out.best_rollout.value[b] > t.value[b, 1:t.num_nodes[b]].max()
+    assert lengths[b] > t.depth[b, out.answer_node[b]]
+  # Other rows: the answer node's prefix, as without rollout answers.
+  plain = jax.tree.map(np.asarray, _run(
+      rows, dataclasses.replace(config, rollout_answers=False)))
+  np.testing.assert_array_equal(plain.tree.value, t.value)
+  same = ~from_rollout
+  np.testing.assert_array_equal(plain.answer_node[same], out.answer_node[same])
+  plain_tokens, plain_lengths = mcts_star.answer_rows(plain, max_depth=3)
+  np.testing.assert_array_equal(plain_lengths[same], lengths[same])
+  width = plain_tokens.shape[1]
+  np.testing.assert_array_equal(plain_tokens[same], tokens[same][:, :width])

@@ -51,3 +51,36 @@ def test_html_page_is_self_contained_and_escapes_text():
   assert "Tree &lt;0&gt;" in page and "&lt;1&amp;2" in page
   assert page.count('class="chosen') + page.count('class="final chosen') >= 2
   assert page.count("<li") == int(result.tree.num_nodes[0])
+
+
+def test_a_rollout_answer_shows_its_steps_below_its_start_node():
+  config = mcts_star.MCTSConfig(num_iterations=3, branch=2, roll_branch=2,
+                                roll_forward_steps=3, max_depth=3,
+                                max_step_len=toy_models.MAX_STEP_LEN,
+                                stop_at_end_gate=False, rollout_answers=True)
+  q = np.array([[i, i + 3, 2 * i] for i in range(1, 17)], np.int32)
+  result = jax.jit(lambda: mcts_star.search(
+      toy_models.MODELS, q, np.full(16, 3),
+      jax.random.split(jax.random.key(0), 16), config))()
+  decode = lambda ids: "s" + "_".join(map(str, ids))
+  rollouts = [views.answer_rollout_steps(result, i, decode) for i in range(16)]
+  index = next(i for i, steps in enumerate(rollouts) if steps)
+  assert not all(rollouts)  # node answers have none
+  lengths = np.asarray(result.best_rollout.step_lengths[index])
+  assert len(rollouts[index]) == np.count_nonzero(lengths)
+  page = views.tree_to_html(result.tree, index,
+                            answer_node=int(result.answer_node[index]),
+                            rollout_steps=rollouts[index], decode=decode)
+  assert page.count("rollout step, not a node") == len(rollouts[index])
+  assert page.count("<li") == (int(result.tree.num_nodes[index]) +
+                               len(rollouts[index]))
+  # The chain hangs below the answer node, after the node's descendants.
+  answer = int(result.answer_node[index])
+  parent = np.asarray(result.tree.parent[index])
+  below, frontier = 0, [answer]
+  while frontier:
+    kids = [int(k) for k in np.nonzero(np.isin(parent, frontier))[0]]
+    below, frontier = below + len(kids), kids
+  start = page.index(f"#{answer} n=")
+  chain = page.index("rollout step, not a node")
+  assert page[start:chain].count("<li") == below + 1

@@ -39,8 +39,10 @@ class SequentialSearch:
     question: token ids.
     config: dict with b, d, m, c, alpha, inf, end_gate, stop_at_end_gate,
       max_depth; optional score_merged (score merged duplicate proposals too,
-      as the batched search does) and num_slots (raise when the tree would
-      outgrow that many nodes).
+      as the batched search does), num_slots (raise when the tree would
+      outgrow that many nodes) and rollout_answers (keep the finished
+      rollout of highest value as a candidate answer, as
+      `MCTSConfig.rollout_answers`).
     propose: `(prefix tokens, j) -> (step tokens, final)`, proposal j.
     score: `prefix tokens -> value` of a partial solution.
   """
@@ -60,6 +62,8 @@ class SequentialSearch:
     self.max_depth = int(config["max_depth"])
     self.score_merged = bool(config.get("score_merged", False))
     self.num_slots = config.get("num_slots")  # optional capacity check
+    self.rollout_answers = bool(config.get("rollout_answers", False))
+    self.best_rollout = None  # (start node, steps, value) of the best one
     self.nodes = [Node(0, -1, 0, [], F32(0.0), False)]
     self.policy_tokens = 0
     self.value_tokens = 0
@@ -148,6 +152,7 @@ class SequentialSearch:
     if not child.final:
       v_max = F32(0.0)
       prefix = self.prefix(child.index)
+      steps = []
       for _ in range(self.m):
         best_step, best_value, best_final = None, None, False
         for j in range(self.d):
@@ -157,7 +162,11 @@ class SequentialSearch:
             best_step, best_value, best_final = step, value, final
         v_max = max(v_max, best_value)
         prefix = prefix + best_step
+        steps.append(best_step)
         if best_final:
+          if self.rollout_answers and (self.best_rollout is None or
+                                       best_value > self.best_rollout[2]):
+            self.best_rollout = (child.index, steps, best_value)
           break
       child.value = (F32(1.0) - self.alpha) * child.value + self.alpha * v_max
     child.visits += 1
@@ -199,15 +208,29 @@ class SequentialSearch:
         break
     return self
 
-  def answer(self):
-    """The gate node, else the non-root node of highest v (first id)."""
-    if self.stopped_at_gate:
-      return self.gate_node
+  def best_node(self):
+    """The non-root node of highest v (the first id among ties)."""
     best = 0
     for node in self.nodes[1:]:
       if best == 0 or node.value > self.nodes[best].value:
         best = node.index
     return best
+
+  def answer_is_rollout(self):
+    """Whether the best finished rollout is the answer (rollout_answers):
+    no gate node, and its value is above the best node's."""
+    best = self.best_node()
+    return (not self.stopped_at_gate and self.best_rollout is not None and
+            (best == 0 or self.best_rollout[2] > self.nodes[best].value))
+
+  def answer(self):
+    """The gate node, else the best node, or the start node of the best
+    finished rollout where that is the answer."""
+    if self.stopped_at_gate:
+      return self.gate_node
+    if self.answer_is_rollout():
+      return self.best_rollout[0]
+    return self.best_node()
 
   def result(self):
     """The tree as per-node lists plus the search summary."""
@@ -222,6 +245,8 @@ class SequentialSearch:
         "final": [bool(n.final) for n in nodes],
         "children": [list(n.children) for n in nodes],
         "answer_node": self.answer(),
+        "answer_is_rollout": self.answer_is_rollout(),
+        "best_rollout": self.best_rollout,
         "policy_tokens": self.policy_tokens,
         "value_tokens": self.value_tokens,
         "iterations_run": self.iterations_run,

@@ -1,5 +1,6 @@
 """Host-side views of a finished search tree: JSON and a self-contained HTML
-page (step text, visits, values; the answer's root path highlighted)."""
+page (step text, visits, values; the answer's root path highlighted, and the
+rollout steps after it where the answer is a rollout)."""
 
 import html
 import json
@@ -17,6 +18,7 @@ def tree_to_dict(
     index: int,
     *,
     answer_node: int | None = None,
+    rollout_steps: Sequence[str] = (),
     decode: Decode = lambda ids: " ".join(map(str, ids)),
 ) -> dict:
   """Tree `index` of a batch as plain Python data.
@@ -25,12 +27,14 @@ def tree_to_dict(
     tree: a batch of trees (device or numpy arrays).
     index: which tree.
     answer_node: node to mark (and its root path) as chosen.
+    rollout_steps: where the answer is a rollout from `answer_node`, its
+      steps' text (`answer_rollout_steps`); they are not nodes.
     decode: token ids -> text, e.g. `tokenizer.decode`.
 
   Returns:
-    `{"question": str, "answer_node": int | None, "nodes": [...]}` with one
-    entry per node: id, parent, depth, step, visits, value, prior_value,
-    final, children, on_answer_path.
+    `{"question": str, "answer_node": int | None, "rollout_steps": [str],
+    "nodes": [...]}` with one entry per node: id, parent, depth, step,
+    visits, value, prior_value, final, children, on_answer_path.
   """
   t = {name: np.asarray(getattr(tree, name)[index])
        for name in ("parent", "depth", "children", "step_tokens", "step_len",
@@ -52,7 +56,19 @@ def tree_to_dict(
       for i in range(n)
   ]
   question = decode(t["question_tokens"][:t["question_len"]].tolist())
-  return dict(question=question, answer_node=answer_node, nodes=nodes)
+  return dict(question=question, answer_node=answer_node,
+              rollout_steps=list(rollout_steps), nodes=nodes)
+
+
+def answer_rollout_steps(result, index: int, decode: Decode) -> list[str]:
+  """The steps of search `index`'s answer after its answer node: those of
+  its best finished rollout where that is the answer (an
+  `mcts_star.SearchResult`), else none."""
+  if not bool(result.answer_is_rollout[index]):
+    return []
+  steps = np.asarray(result.best_rollout.steps[index])
+  lengths = np.asarray(result.best_rollout.step_lengths[index])
+  return [decode(step[:n].tolist()) for step, n in zip(steps, lengths) if n]
 
 
 def tree_to_json(tree: tree_lib.Tree, index: int, **kwargs) -> str:
@@ -68,6 +84,7 @@ li { margin: 0.2em 0; }
 .meta { color: #666; font-size: 12px; margin-left: 0.6em; }
 .final .step { font-weight: bold; }
 .chosen > .node { background: #e4f5d9; border-radius: 3px; }
+.rollout .node { border: 1px dashed #8a8; }
 """
 
 
@@ -76,6 +93,15 @@ def tree_to_html(tree: tree_lib.Tree, index: int, *, title: str = "Search tree",
   """A self-contained HTML page of tree `index` (no scripts, no assets)."""
   data = tree_to_dict(tree, index, **kwargs)
   nodes = data["nodes"]
+
+  def rollout(steps) -> str:
+    """The answer's rollout steps, one chain below its answer node."""
+    if not steps:
+      return ""
+    return (f'<ul><li class="rollout chosen"><span class="node">'
+            f'<span class="step">{html.escape(steps[0])}</span>'
+            f'<span class="meta">rollout step, not a node</span></span>'
+            f'{rollout(steps[1:])}</li></ul>')
 
   def render(i: int) -> str:
     node = nodes[i]
@@ -87,6 +113,8 @@ def tree_to_html(tree: tree_lib.Tree, index: int, *, title: str = "Search tree",
             f"prior={node['prior_value']:.3f}")
     kids = "".join(render(c) for c in node["children"])
     kids = f"<ul>{kids}</ul>" if kids else ""
+    if i == data["answer_node"]:
+      kids += rollout(data["rollout_steps"])
     return (f'<li class="{classes}"><span class="node">'
             f'<span class="step">{html.escape(text)}</span>'
             f'<span class="meta">{meta}</span></span>{kids}</li>')
