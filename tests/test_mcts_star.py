@@ -128,11 +128,23 @@ def test_finished_rows_are_masked():
 
 
 def test_token_budget_stops_a_question():
-  budget = mcts_star.MCTSConfig(**{**CONFIGS[0].__dict__, "token_budget": 12})
-  result = _run([[3, 4], [5, 1, 2]], budget)
-  assert np.all(np.asarray(result.iterations) < CONFIGS[0].num_iterations)
-  # It stops at the first iteration that starts with the budget spent.
-  assert np.all(np.asarray(result.policy_tokens) >= 12)
+  """A question starts another iteration while its tokens plus half its
+  mean iteration's tokens are under the budget."""
+  rows = [[3, 4], [5, 1, 2], [7], [9, 9]]
+  config = dataclasses.replace(CONFIGS[0], token_budget=40)
+  result = _run(rows, config)
+  iters = np.asarray(result.iterations)
+  spent = np.asarray(result.policy_tokens)
+  assert np.all(iters < CONFIGS[0].num_iterations)
+  assert np.all(spent + spent / (2 * iters) >= 40)
+  assert np.any(iters > 1)
+  # One iteration earlier (the same searches, capped there) each was under.
+  for b in range(len(rows)):
+    before = _run(rows, dataclasses.replace(
+        config, num_iterations=int(iters[b]) - 1))
+    n, used = int(before.iterations[b]), int(before.policy_tokens[b])
+    assert n == iters[b] - 1
+    assert used + used / (2 * max(n, 1)) < 40
 
 
 def test_a_traced_token_budget_searches_as_the_static_one():

@@ -53,8 +53,11 @@ class MCTSConfig:
 
   Attributes:
     num_iterations: iteration budget.
-    token_budget: policy-token budget per question (0: none); a question
-      starts no new iteration once it has generated this many tokens.
+    token_budget: policy-token budget per question (0: none). A question
+      starts another iteration while its tokens plus half its mean
+      iteration's tokens are under the budget, so that it spends the budget
+      on average (starting while merely under it would overshoot by half an
+      iteration on average: ~70 tokens per iteration with b = m = 3).
     branch: b, children sampled per expansion.
     roll_branch: d, samples per rollout step.
     roll_forward_steps: m, greedy rollout steps.
@@ -554,7 +557,9 @@ def search(
     ok = ~s.passed_gate & (s.iterations < config.num_iterations)
     if skip is not None:  # nothing left to select
       ok &= ~skip[:, tree_lib.ROOT_INDEX]
-    return ok & ((budget <= 0) | (s.policy_tokens < budget))
+    spent = s.policy_tokens
+    half_iteration = spent / (2 * jnp.maximum(s.iterations, 1))
+    return ok & ((budget <= 0) | (spent + half_iteration < budget))
 
   # The exhausted set of the current trees rides in the carry: the loop's
   # condition and the next iteration's selection read one computation.
