@@ -489,7 +489,7 @@ def _rollout(models, tree, memory, leaf, added, keys, tie_keys, iteration,
         step_lengths=taken.step_lengths.at[:, i].set(
             proposals.lengths[chosen] * rolling),
         value=jnp.where(ends, values[rows, pick], taken.value))
-    rolling = rolling & ~proposals.is_final[chosen]
+    rolling = rolling & ~ends
     return ctx, rolling, v_max, p_tok, v_tok, taken
 
   zeros = jnp.zeros((b,), jnp.int32)
