@@ -21,8 +21,10 @@ with `--cache_dir`, `RESULT cache_speedup_<dtype>_<length> <first call s /
 cached call s>`.
 """
 
+import atexit
 import dataclasses
 import pathlib
+import shutil
 import tempfile
 import time
 
@@ -48,7 +50,7 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32"],
                             "Compute dtypes (parameters stay float32).")
 _CACHE_DIR = flags.DEFINE_string(
     "cache_dir", None, "An empty folder for a persistent compilation cache "
-    "('': a new temporary one): also time each step's first call served "
+    "('': a temporary one, removed at the end): also time each step's first call served "
     "from it. Without it no persistent cache is used.")
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
@@ -69,7 +71,11 @@ def main(argv):
     # compiles.
     jax.config.update("jax_enable_compilation_cache", False)
   else:
-    folder = pathlib.Path(_CACHE_DIR.value or tempfile.mkdtemp(prefix="xla_"))
+    if _CACHE_DIR.value:
+      folder = pathlib.Path(_CACHE_DIR.value)
+    else:  # A temporary cache: its programs go when the benchmark ends.
+      folder = pathlib.Path(tempfile.mkdtemp(prefix="xla_"))
+      atexit.register(shutil.rmtree, folder, ignore_errors=True)
     if folder.exists() and any(folder.iterdir()):
       raise app.UsageError(f"--cache_dir={folder} is not empty: its programs "
                            "would make the first calls cache hits")

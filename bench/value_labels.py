@@ -25,8 +25,6 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs import game24  # pylint: disable=g-import-not-at-top
 from restmcts_jax import experiment
-from restmcts_jax.rewards import initial_values
-from restmcts_jax.tasks import registry
 
 
 def main():
@@ -41,21 +39,14 @@ def main():
   start = time.perf_counter()
   data = experiment.load_data(config)
   tokenizer = experiment.tokenizer_for(config, Path(tempfile.mkdtemp()), data)
-  task = registry.get_task(config.task)
   print(f"D_V0 solutions and tokenizer: {time.perf_counter() - start:.1f} s",
         flush=True)
 
   def label(bucket_shapes):
     jax.clear_caches()
     start = time.perf_counter()
-    rows, targets = initial_values.solution_records(
-        [p.question for p in data.train], data.value_warmstart,
-        [p.reference for p in data.train], encode=tokenizer.encode,
-        decode=tokenizer.decode, is_correct=task.is_correct,
-        delimiter_ids=tokenizer.step_delimiter_ids(),
-        question_width=config.question_width,
-        max_step_len=config.sampler.max_step_len, max_depth=config.max_depth,
-        bucket_shapes=bucket_shapes)
+    rows, targets = experiment.initial_value_records(
+        config, data, tokenizer, bucket_shapes=bucket_shapes)
     return time.perf_counter() - start, rows, targets
 
   bucketed_s, rows, targets = label(True)

@@ -30,6 +30,7 @@ from restmcts_jax import sampling
 from restmcts_jax.models import hf_io
 from restmcts_jax.models import transformer as transformer_lib
 from restmcts_jax.models import value_head
+from restmcts_jax.rewards import initial_values
 from restmcts_jax.search import mcts_star
 from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
@@ -42,10 +43,11 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 # Keys that may change between runs in one workdir (more iterations, another
 # evaluation); any other difference would mix incompatible results.
-# A run may continue with more iterations, other evaluation settings, or on
-# another device layout (checkpoints restore onto any mesh).
-RESUMABLE_KEYS = ("iterations", "eval", "progress", "trees_per_iteration",
-                  "mesh")
+# A run may continue with more iterations, more or fewer questions searched
+# per iteration, other evaluation settings, or on another device layout
+# (checkpoints restore onto any mesh).
+RESUMABLE_KEYS = ("iterations", "search_questions", "eval", "progress",
+                  "trees_per_iteration", "mesh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,23 @@ def load_data(config, *, warm_start: bool = True) -> Data:
   references = tuple(("\n".join(p.steps) + "\n",) if p.steps else ()
                      for p in train)
   return Data(train, test, warmstart, references)
+
+
+def initial_value_records(config, data: Data, tokenizer: Tokenizer,
+                          **options) -> tuple[list[list[int]], list[float]]:
+  """`D_V0`: the value records (token rows, Eq. 1-2 targets) inferred from
+  `data.value_warmstart`'s solutions of the training problems, labelled by
+  the task's oracle; `options` go to `initial_values.solution_records`."""
+  task = registry.get_task(config.task)
+  return initial_values.solution_records(
+      [p.question for p in data.train], data.value_warmstart,
+      [p.reference for p in data.train],
+      encode=tokenizer.encode, decode=tokenizer.decode,
+      is_correct=task.is_correct,
+      delimiter_ids=tokenizer.step_delimiter_ids(),
+      question_width=config.question_width,
+      max_step_len=config.sampler.max_step_len, max_depth=config.max_depth,
+      **options)
 
 
 DEFAULT_COMPILATION_CACHE = "~/.cache/restmcts_jax/xla"
@@ -349,7 +368,7 @@ def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
       search_config=search_config_for(
-          config, section="eval.search", **settings,
+          config, section="eval.search (over config.search)", **settings,
           num_iterations=config.eval.mcts_iterations,
           gate_requires_final=True,
           prefer_final_answer=True),

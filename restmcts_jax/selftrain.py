@@ -42,7 +42,6 @@ from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import paths
 from restmcts_jax import plots
-from restmcts_jax.rewards import initial_values
 from restmcts_jax.rewards import traces as traces_lib
 from restmcts_jax.rewards import value_targets
 from restmcts_jax.search import mcts_star
@@ -398,16 +397,9 @@ class _Loop:
   def initial_value_records(self) -> tuple[list[list[int]], list[float]]:
     """`D_V0`: value records inferred from the warm-start solutions (the same
     every time: the data is regenerated from the seed, not checkpointed)."""
-    config = self.config
     start = time.perf_counter()
-    rows, targets = initial_values.solution_records(
-        [p.question for p in self.data.train], self.data.value_warmstart,
-        [p.reference for p in self.data.train],
-        encode=self.tokenizer.encode, decode=self.tokenizer.decode,
-        is_correct=self.task.is_correct,
-        delimiter_ids=self.tokenizer.step_delimiter_ids(),
-        question_width=config.question_width,
-        max_step_len=config.sampler.max_step_len, max_depth=config.max_depth)
+    rows, targets = experiment.initial_value_records(self.config, self.data,
+                                                     self.tokenizer)
     logging.info("D_V0: %d value records in %.1f s", len(rows),
                  time.perf_counter() - start)
     return rows, targets

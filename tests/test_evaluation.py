@@ -373,7 +373,8 @@ def test_eval_search_settings_apply_over_the_training_search(config,
   assert not search.rollout_answers
   config.eval.search.update(max_expansions=3, skip_exhausted=False)
   with pytest.raises(ValueError,
-                     match=r"config\.eval\.search: max_expansions=3 .* "
+                     match=r"config\.eval\.search \(over config\.search\): "
+                     r"max_expansions=3 .* "
                      "skip_exhausted=True"):
     experiment.eval_context(config, tokenizer)
   with config.eval.search.unlocked():

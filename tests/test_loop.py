@@ -211,6 +211,9 @@ def test_a_changed_config_key_is_named(finished, tmp):
   workdir = _copy(finished, tmp, "changed")
   with pytest.raises(ValueError, match="config key model.embed_dim is 48"):
     selftrain.run(_config(**{"model.embed_dim": 48}), workdir)
+  # More iterations, questions or another evaluation continue a run.
+  experiment.check_config(_config(**{"iterations": 5, "search_questions": 9,
+                                     "eval.budget": 2}), workdir)
 
 
 def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
