@@ -25,6 +25,16 @@ def test_tiny_model_rows_and_a_cached_call_faster_than_compiling(tmp_path):
        f"--cache_dir={full}"], cwd=ROOT, env=env, capture_output=True,
       text=True)
   assert refused.returncode != 0 and "is not empty" in refused.stderr
+  # `--cache_dir=`: a temporary cache, gone when the benchmark ends.
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  temporary = subprocess.run(
+      [sys.executable, "bench/compile.py", "--model=tiny", "--lengths=16",
+       "--steps=1", "--cache_dir="], cwd=ROOT,
+      env=dict(env, TMPDIR=str(scratch)), capture_output=True, text=True)
+  assert temporary.returncode == 0, temporary.stderr[-3000:]
+  assert "RESULT cache_speedup_float32_16" in temporary.stdout
+  assert not list(scratch.glob("xla_*"))
   rows = [line.split("|") for line in run.stdout.splitlines()
           if re.match(r"\s*(float32|bfloat16) \|", line)]
   assert [(r[0].strip(), int(r[1])) for r in rows] == [
