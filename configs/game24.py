@@ -12,10 +12,10 @@ tree-inferred Eq. 1-2 labels are exact (132,860 records); from random
 solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
-cores (measured alone, 25-27 min in all) the warm start takes ~14 min (policy
-8.6, value 3.5), the iteration-0 evaluation 1.6, an iteration ~3 (search
-0.5-0.8, value 0.4, policy 0.6, evaluation of the five methods 1.0), the
-last one's budget sweep 3.5.
+cores (measured alone, 22-25 min in all) the warm start takes ~14 min (policy
+and value), the iteration-0 evaluation 1.2, an iteration ~2.5 (search of 256
+puzzles 0.6-0.8, training 0.9, evaluation of the five methods 0.9), the last
+one's budget sweep 2.8.
 """
 
 import ml_collections
@@ -30,7 +30,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 3  # 25-27 min on 2 cores
+  config.iterations = 3  # 22-25 min on 2 cores
   config.question_width = 16  # tokens of a question
   # Training mesh: data-parallel over every device, and parameters sharded
   # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
@@ -67,7 +67,11 @@ def get_config():
       num_iterations=30, branch=2, roll_branch=1, roll_forward_steps=1,
       exploration=0.5, alpha=0.5, unvisited_bonus=0.9, end_gate=0.8,
       stop_at_end_gate=False, skip_exhausted=True, max_expansions=1))
-  config.search_questions = 128  # training questions searched per iteration
+  # Training questions searched per iteration: 256 gave 14 / 35 / 49 traces
+  # and sample accuracy 3.7 / 4.4 / 5.2% after iterations 1-3 (seed 1: 1.8 /
+  # 2.6 / 4.1%), 128 gave 15 / 23 / 21 and 2.1 / 1.9 / 3.0% (BENCHMARKS.md);
+  # 512 (4.3% at the end) did not add more.
+  config.search_questions = 256
   config.search_batch = 64  # questions per batched search call
   config.train = ml_collections.ConfigDict(dict(
       policy_steps=100, value_steps=50, batch_size=32, learning_rate=5e-5,
