@@ -50,8 +50,8 @@ _DTYPES = flags.DEFINE_list("dtypes", ["float32"],
                             "Compute dtypes (parameters stay float32).")
 _CACHE_DIR = flags.DEFINE_string(
     "cache_dir", None, "An empty folder for a persistent compilation cache "
-    "('': a temporary one, removed at the end): also time each step's first call served "
-    "from it. Without it no persistent cache is used.")
+    "('': a temporary one, removed at the end): also time each step's first "
+    "call served from it. Without it no persistent cache is used.")
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 

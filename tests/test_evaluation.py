@@ -256,8 +256,7 @@ def test_greedy_reports_the_mean_generated_length(memorized, context,
   assert result.value_tokens == 0.0
 
 
-def test_mcts_stops_near_its_token_budget(untrained, context,
-                                                        greedy_tokens):
+def test_mcts_stops_near_its_token_budget(untrained, context, greedy_tokens):
   result, search = _run("mcts", untrained, context, greedy_tokens)
   budget = round(BUDGET * greedy_tokens)
   c = context.search_config
