@@ -76,6 +76,9 @@ def get_config():
   config.train = ml_collections.ConfigDict(dict(
       policy_steps=100, value_steps=50, batch_size=32, learning_rate=5e-5,
       traces_per_question=2, min_reward=0.0, replay=0.5,
+      # Policy SFT on this iteration's traces ("iteration": SPEC's D_G_i)
+      # or on every distinct trace found so far ("all").
+      trace_history="iteration",
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
       length_buckets=""))

@@ -438,7 +438,7 @@ def _backfill(config) -> dict:
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False,
-          "train.length_buckets": "",
+          "train.length_buckets": "", "train.trace_history": "iteration",
           "search.skip_exhausted": False, "search.max_expansions": 1,
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},

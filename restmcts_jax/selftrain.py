@@ -54,6 +54,9 @@ from restmcts_jax.training import optim
 from restmcts_jax.training import steps as training_steps
 
 MODES = ("rest_mcts", "rest_em")
+# Which verified traces policy SFT reads (`train.trace_history`): this
+# iteration's D_G_i (SPEC) or every distinct one found so far.
+TRACE_HISTORIES = ("iteration", "all")
 
 
 def label_final_nodes(
@@ -87,6 +90,21 @@ def iteration_data(tree: tree_lib.Tree, correct: np.ndarray, *,
   return records, traces
 
 
+def policy_traces(kept, found, history: str) -> list[tuple[list[int], int]]:
+  """D_G for policy SFT once an iteration `found` its `(row, prompt length)`
+  traces: those alone (`history="iteration"`), or appended to the `kept`
+  ones of earlier iterations, each distinct trace once (`"all"`: a puzzle
+  drawn again may yield the same solution)."""
+  if history == "iteration":
+    return list(found)
+  out, seen = list(kept), {(tuple(row), n) for row, n in kept}
+  for row, n in found:
+    if (tuple(row), n) not in seen:
+      seen.add((tuple(row), n))
+      out.append((row, n))
+  return out
+
+
 def schedule(iterations: int) -> list[tuple[str, int]]:
   """The run's phases as `(name, iteration)`; a checkpoint's step is its
   phase's index here, so adding iterations keeps earlier steps valid."""
@@ -114,7 +132,8 @@ def _unpad_rows(tokens, lengths) -> list[list[int]]:
 @dataclasses.dataclass
 class Buffers:
   """D_V (value rows and targets, accumulated over iterations) and D_G (SFT
-  rows and their prompt lengths, this iteration's)."""
+  rows and their prompt lengths: this iteration's, or all distinct ones so
+  far with `train.trace_history="all"`)."""
 
   value_rows: list[list[int]] = dataclasses.field(default_factory=list)
   value_targets: list[float] = dataclasses.field(default_factory=list)
@@ -269,6 +288,10 @@ class _Loop:
                checkpoints: checkpoint.Checkpointer):
     if config.mode not in MODES:
       raise ValueError(f"config.mode={config.mode!r}: choose from {MODES}")
+    if config.train.trace_history not in TRACE_HISTORIES:
+      raise ValueError(f"config.train.trace_history="
+                       f"{config.train.trace_history!r}: choose from "
+                       f"{TRACE_HISTORIES}")
     self.config = config
     self.workdir = workdir
     self.task = registry.get_task(config.task)
@@ -496,12 +519,13 @@ class _Loop:
     solved, tokens_used = counts.sum(axis=0).tolist()
     buffers.value_rows += gathered.value_rows  # D_V accumulates
     buffers.value_targets += gathered.value_targets
-    buffers.traces = gathered.traces
+    buffers.traces = policy_traces(buffers.traces, gathered.traces,
+                                   config.train.trace_history)
     meta["current"].update(
         search_solved=solved / len(problems),
         search_policy_tokens=tokens_used / len(problems),
         value_records=len(buffers.value_rows),
-        traces=len(buffers.traces))
+        traces=len(gathered.traces), policy_traces=len(buffers.traces))
     return state, buffers
 
   def _sample_correct(self, graphdef, state, problems, questions, qlen, keys):
@@ -567,7 +591,8 @@ class _Loop:
           self.policy_graph, state["policy"], training_steps.sft_loss,
           batches, c.policy_steps, c.learning_rate,
           f"policy SFT, iteration {iteration}")
-    buffers.traces = []
+    if self.config.train.trace_history == "iteration":
+      buffers.traces = []
     meta["current"].update(value_loss=value_loss, policy_loss=policy_loss)
     return state, buffers
 

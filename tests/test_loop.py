@@ -155,7 +155,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("warmstart", "complete_value_solutions"),
                        ("eval", "search"), ("train", "length_buckets"),
                        ("search", "skip_exhausted"),
-                       ("search", "max_expansions")]:
+                       ("search", "max_expansions"),
+                       ("train", "trace_history")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
   # any config's eval.search, so the backfill must read the run's own.
@@ -166,6 +167,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
   assert (loaded.search.skip_exhausted, loaded.search.max_expansions) == (
       False, 1)
+  assert loaded.train.trace_history == "iteration"
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1,
            "stop_at_end_gate": True, "rollout_answers": False}

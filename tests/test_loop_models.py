@@ -1,7 +1,8 @@
 """The loop's two models: parameters sharded over fsdp x tensor (8 simulated
 devices) while training and searched with in place, the same run as with
 replicated parameters; the value model starting from the warm-started policy;
-the policy's SFT mix of verified traces and warm-start examples."""
+the policy's SFT mix of verified traces and warm-start examples, and which
+traces it reads (this iteration's or all so far)."""
 
 import math
 
@@ -124,6 +125,37 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
            len(loop.tokenizer.encode(prompt)))
           for prompt, text in loop.data.warmstart}
   assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
+
+
+def test_policy_traces_of_this_iteration_or_all_distinct_ones_so_far():
+  kept = [([7, 8, 9], 1), ([7, 9], 1)]
+  found = [([7, 9], 1), ([7, 9], 2), ([8, 8], 1), ([8, 8], 1)]
+  assert selftrain.policy_traces(kept, found, "iteration") == found
+  assert selftrain.policy_traces(kept, found, "all") == [
+      ([7, 8, 9], 1), ([7, 9], 1), ([7, 9], 2), ([8, 8], 1)]
+  assert kept == [([7, 8, 9], 1), ([7, 9], 1)]  # not modified
+
+
+@pytest.mark.parametrize("history", ["iteration", "all"])
+def test_policy_sft_keeps_the_traces_only_for_all(tmp_path, history):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.update(policy_steps=2, batch_size=8, trace_history=history)
+  loop = _loop(tmp_path, config)
+  traces = [([7, 8, 9], 1), ([7, 9], 1)]
+  meta = dict(current={}, metrics=[], evaluations=[])
+  start = jax.device_get(jax.tree.leaves(loop.initial_state["policy"]))
+  state, buffers = loop.train(loop.initial_state,
+                              selftrain.Buffers(traces=list(traces)), meta, 1)
+  trained = jax.device_get(jax.tree.leaves(state["policy"]))
+  assert not all(np.array_equal(a, b) for a, b in zip(start, trained))
+  assert buffers.traces == (traces if history == "all" else [])
+
+
+def test_unknown_trace_history_names_the_key(tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.trace_history = "every"
+  with pytest.raises(ValueError, match="config.train.trace_history='every'"):
+    selftrain.run(config, tmp_path / "run")
 
 
 @pytest.mark.slow
