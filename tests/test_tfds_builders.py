@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -220,6 +221,15 @@ def test_prepare_and_read_without_tensorflow_or_network(tmp_path, manual_dir):
       env=env, cwd=pathlib.Path(__file__).parents[1], capture_output=True,
       text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_prepare_leaves_no_temporary_folders(tmp_path, monkeypatch):
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  tfds_builders.prepare("restmcts_game24", tmp_path / "data")
+  assert list(temp.iterdir()) == []
+  assert tempfile.gettempdir() == str(temp)
 
 
 def test_unknown_builder():

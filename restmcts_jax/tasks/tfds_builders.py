@@ -18,7 +18,9 @@ malformed line fails the preparation with an error naming its file and line.
 """
 
 import abc
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -235,6 +237,20 @@ def _builder_class(name: str) -> type[_TaskBuilder]:
   return BUILDERS[name]
 
 
+@contextlib.contextmanager
+def _scratch_tempdir():
+  """Points `tempfile` at a folder removed on exit: TFDS makes a `tmp*tfds`
+  folder for every builder of an unprepared dataset (for dataset info from
+  its GCS bucket, which it does not read offline) and never removes it."""
+  previous = tempfile.tempdir
+  with tempfile.TemporaryDirectory() as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
+
+
 def prepare(name: str, data_dir: str | os.PathLike,
             manual_dir: str | os.PathLike | None = None
             ) -> tfds.core.DatasetBuilder:
@@ -249,9 +265,10 @@ def prepare(name: str, data_dir: str | os.PathLike,
   Returns:
     The prepared builder.
   """
-  builder = _builder_class(name)(
-      data_dir=os.fspath(data_dir),
-      file_format=tfds.core.FileFormat.ARRAY_RECORD)
+  with _scratch_tempdir():
+    builder = _builder_class(name)(
+        data_dir=os.fspath(data_dir),
+        file_format=tfds.core.FileFormat.ARRAY_RECORD)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, try_download_gcs=False))
   return builder
