@@ -83,7 +83,8 @@ def get_config():
       # training.batching); each length met compiles the train step once.
       length_buckets=""))
   # ReST-EM: solutions sampled per training question. 8 x ~47 tokens (373-
-  # 381 per question) is at least what MCTS* spends (308-386; BENCHMARKS.md).
+  # 382 per question) matches MCTS*'s first iteration (383-386) and exceeds
+  # its later ones (308-339; BENCHMARKS.md).
   config.rest_em = ml_collections.ConfigDict(dict(num_samples=8))
   # Held-out evaluation: every method at `budget` CoT samples' worth of
   # tokens each iteration; after the last iteration also at `budgets`.
