@@ -105,6 +105,8 @@ class EvalContext:
     tot_branch: b, samples per beam entry and step in ToT-BFS.
     batch_size: problems per batched call (0: all at once); the last batch
       is padded, so every batch reuses one compiled program.
+    cache_nodes: MCTS* keeps every node's KV caches (False: re-encodes
+      prefixes; for a value function that reads tokens, not a `ValueModel`).
   """
 
   tokenizer: Tokenizer
@@ -115,6 +117,7 @@ class EvalContext:
   question_width: int
   tot_branch: int = 2
   batch_size: int = 0
+  cache_nodes: bool = True
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], width: int
@@ -275,7 +278,8 @@ def run_method(method: str, samples: int, models, context: EvalContext,
   search_config = dataclasses.replace(context.search_config, token_budget=0)
   result = distributed.fetch(mcts_star.search_lm(
       graphdef, state, tokens, lengths, keys, context.sampler_config,
-      search_config, token_budget=max(1, round(samples * greedy_tokens))))
+      search_config, cache_nodes=context.cache_nodes,
+      token_budget=max(1, round(samples * greedy_tokens))))
   rows, row_len = mcts_star.answer_rows(result, max_depth=context.max_depth)
   texts = _texts(tok, rows, row_len, range(len(problems)))
   return _result(method, samples, context, problems, texts,

@@ -1,0 +1,142 @@
+"""MCTS* and Best-of-N on Game of 24 with the learned value model and with an
+exact one: how much the value model's judgement keeps MCTS* from the paper.
+
+The exact value reads each partial solution's text. A step that breaks the
+rules, or numbers left from which 24 cannot be made, score 0; a position from
+which 24 is still reachable scores depth / max_depth (Eq. 1-2's labels along a
+correct path); a final answer scores 1 if the verifier accepts it, else 0. It
+replaces the value model both while MCTS* searches and when Best-of-N picks,
+so its rows are an upper bound, not a method: they consult the verifier
+before answering. Both value functions run side by side in this process, on
+a checkpoint of `python -m restmcts_jax.main --config configs/game24.py`,
+over the validation puzzles:
+
+    python bench/oracle_value.py --workdir runs/game24 --budgets 4,8,16
+
+Ends with `RESULT oracle_mcts_minus_bon <MCTS* - Best-of-N, exact value, at
+the largest budget>`.
+"""
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from restmcts_jax import evaluation  # pylint: disable=g-import-not-at-top
+from restmcts_jax import experiment
+from restmcts_jax.tasks import game24
+
+_QUESTION_RE = re.compile(r"Use ([\d ]+) to make 24\.")
+
+
+def exact_value(text: str, max_depth: int) -> float:
+  """The exact value of a question + partial solution text (see above)."""
+  question, *lines = text.split("\n")
+  numbers = [int(n) for n in _QUESTION_RE.match(question).group(1).split()]
+  steps = [line for line in lines if line.strip()]
+  left = numbers
+  for step in steps:
+    if step.startswith("Answer:"):
+      return float(game24.verify(numbers, text))
+    left = game24.check_step(left, step)
+    if left is None:
+      return 0.0
+  return len(steps) / max_depth if game24.is_solvable(left) else 0.0
+
+
+class ExactValue(nnx.Module):
+  """`ValueModel`'s interface over `exact_value`, computed on the host."""
+
+  def __init__(self, tokenizer, max_depth: int):
+    self.tokenizer = tokenizer
+    self.max_depth = max_depth
+
+  def _values(self, rows) -> np.ndarray:
+    """`[R]` values of token rows (lists of ids)."""
+    return np.array([exact_value(self.tokenizer.decode(list(map(int, row))),
+                                 self.max_depth) for row in rows], np.float32)
+
+  def __call__(self, tokens, lengths):
+    """`[B]` values of whole rows (Best-of-N's pick)."""
+    rows = lambda tokens, lengths: self._values(
+        row[:n] for row, n in zip(np.asarray(tokens), np.asarray(lengths)))
+    return jax.pure_callback(
+        rows, jax.ShapeDtypeStruct(lengths.shape, jnp.float32), tokens,
+        lengths)
+
+  def score_continuations(self, prefix, lengths, steps, step_lengths,
+                          num_samples):
+    """`[R * k]` values of prefix + step (MCTS*'s expansions)."""
+    def values(prefix, lengths, steps, step_lengths):
+      prefix = np.repeat(np.asarray(prefix), num_samples, axis=0)
+      lengths = np.repeat(np.asarray(lengths), num_samples)
+      return self._values(
+          np.concatenate([p[:n], s[:m]]) for p, n, s, m in zip(
+              prefix, lengths, np.asarray(steps), np.asarray(step_lengths)))
+    return jax.pure_callback(
+        values, jax.ShapeDtypeStruct(step_lengths.shape, jnp.float32),
+        prefix, lengths, steps, step_lengths)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True,
+                      help="a game24 run of restmcts_jax.main")
+  parser.add_argument("--budgets", default="4,8,16",
+                      help="CoT samples' worth of policy tokens")
+  parser.add_argument("--seeds", type=int, default=2,
+                      help="evaluation seeds averaged")
+  parser.add_argument("--mcts_iterations", type=int, default=64,
+                      help="MCTS* iteration cap (64: budgets up to 16)")
+  args = parser.parse_args()
+  budgets = experiment.parse_budgets(args.budgets)
+
+  config, tokenizer, (policy, learned), _ = experiment.restore(args.workdir)
+  if config.task != "game24":
+    raise ValueError(f"{args.workdir}: task {config.task!r}, not game24")
+  with config.unlocked():
+    config.eval.split = "validation"
+    config.eval.mcts_iterations = args.mcts_iterations
+  problems = experiment.load_data(config, warm_start=False).test
+  context = dataclasses.replace(experiment.eval_context(config, tokenizer),
+                                cache_nodes=False)
+  values = {"learned": learned,
+            "exact": ExactValue(tokenizer, config.max_depth)}
+
+  rows = {}  # (method, value, budget) -> [(accuracy, policy tokens)]
+  for value_name, value_model in values.items():
+    for seed in range(args.seeds):
+      results, _ = evaluation.evaluate(
+          (policy, value_model), context, problems, methods=["bon", "mcts"],
+          budgets=budgets, seed=seed)
+      for r in results:
+        rows.setdefault((r.method, value_name, r.samples), []).append(
+            (r.accuracy, r.policy_tokens))
+        print(f"{value_name} seed {seed}: {r.method}@{r.samples} "
+              f"{r.accuracy:.3f} ({r.policy_tokens:.0f} tokens)", flush=True)
+
+  print(f"\n{len(problems)} validation puzzles, mean of {args.seeds} seeds: "
+        "accuracy (policy tokens per puzzle)")
+  header = f"{'method':10s} | {'value':7s} | " + " | ".join(
+      f"budget {b:>2d}      " for b in budgets)
+  print(header + "\n" + "-" * len(header))
+  mean = lambda key: np.mean(rows[key], axis=0)
+  for method in ("bon", "mcts"):
+    for value_name in values:
+      cells = [mean((method, value_name, b)) for b in budgets]
+      print(f"{method:10s} | {value_name:7s} | " + " | ".join(
+          f"{a:.3f} ({t:4.0f})" for a, t in cells))
+  top = max(budgets)
+  print("RESULT oracle_mcts_minus_bon "
+        f"{mean(('mcts', 'exact', top))[0] - mean(('bon', 'exact', top))[0]:.3f}")
+
+
+if __name__ == "__main__":
+  main()

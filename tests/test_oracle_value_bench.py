@@ -1,0 +1,101 @@
+"""bench/oracle_value.py: the exact Game of 24 value on hand-checked partial
+solutions, and its `ValueModel` interface scoring tokens under jit and in an
+MCTS* search."""
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from restmcts_jax import evaluation
+from restmcts_jax import sampling
+from restmcts_jax.models import transformer as tl
+from restmcts_jax.search import mcts_star
+from restmcts_jax.tasks import game24
+from restmcts_jax.tasks import registry
+from restmcts_jax.tokenizer import SentencePieceTokenizer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "bench_oracle_value", ROOT / "bench" / "oracle_value.py")
+oracle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(oracle)
+
+QUESTION = game24.question_text((4, 9, 10, 13))
+SOLUTION = ["9 + 10 = 19 (left: 4 13 19)", "19 - 13 = 6 (left: 4 6)",
+            "4 * 6 = 24 (left: 24)", "Answer: 4 * (9 + 10 - 13) = 24"]
+
+
+def test_exact_value_of_hand_checked_partial_solutions():
+  assert game24.solve((4, 9, 10, 13)) == SOLUTION
+  values = [oracle.exact_value(QUESTION + "".join(s + "\n" for s in SOLUTION[:k]),
+                               4) for k in range(1, 5)]
+  assert values == [0.25, 0.5, 0.75, 1.0]  # Eq. 1-2 along a correct path
+  value = lambda *steps: oracle.exact_value(
+      QUESTION + "".join(s + "\n" for s in steps), 4)
+  assert value("4 + 9 = 14 (left: 10 13 14)") == 0.0  # wrong arithmetic
+  assert value("4 + 8 = 12 (left: 9 10 12 13)") == 0.0  # 8 is not there
+  # Legal, but 24 is out of reach: 13 - 9 = 4, 4 * 4 = 16, then 10 and 16.
+  assert value("13 - 9 = 4 (left: 4 4 10)", "4 * 4 = 16 (left: 10 16)") == 0.0
+  assert not game24.is_solvable((10, 16))
+  assert value("13 - 9 = 4 (left: 4 4 10)") == 0.25
+  assert value("Answer: 4 + 9 + 10 + 13 = 24") == 0.0  # = 36
+  assert value(*SOLUTION[:1], "Answer: (13 - 9) * (10 - 4) = 24") == 1.0
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  texts = game24.warmstart_corpus(game24.splits().train[:200], 300, seed=0)
+  texts.append(QUESTION + "".join(s + "\n" for s in SOLUTION))
+  return SentencePieceTokenizer.train(
+      texts, tmp_path_factory.mktemp("sp") / "sp", vocab_size=400)
+
+
+def test_continuations_score_like_whole_rows_under_jit(tokenizer):
+  value = oracle.ExactValue(tokenizer, max_depth=4)
+  prefixes = [QUESTION, QUESTION + SOLUTION[0] + "\n"]
+  steps = [SOLUTION[0] + "\n", "4 + 9 = 14 (left: 10 13 14)\n",
+           SOLUTION[1] + "\n", "Answer: 4 + 9 + 10 + 13 = 24\n"]
+  prefix, prefix_len = evaluation.encode_rows(tokenizer, prefixes, 24)
+  step, step_len = evaluation.encode_rows(tokenizer, steps, 24)
+  scored = jax.jit(lambda *a: value.score_continuations(*a, 2))(
+      prefix, prefix_len, step, step_len)
+  np.testing.assert_array_equal(scored, [0.25, 0.0, 0.5, 0.0])
+  whole, whole_len = evaluation.encode_rows(
+      tokenizer, [prefixes[i // 2] + s for i, s in enumerate(steps)], 48)
+  np.testing.assert_array_equal(jax.jit(value)(whole, whole_len), scored)
+
+
+def test_mcts_searches_with_the_exact_value(tokenizer):
+  """An untrained policy searched with the exact value, through the
+  evaluation's MCTS* without node caches: every node's prior value is one of
+  the exact levels."""
+  config = tl.TransformerConfig(
+      vocab_size=tokenizer.vocab_size, embed_dim=32, num_layers=2,
+      num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
+  policy = tl.Transformer(config, rngs=nnx.Rngs(0))
+  sampler_config = sampling.SamplerConfig(
+      max_step_len=24, temperature=1.0,
+      stop_token_ids=tokenizer.step_delimiter_ids(),
+      eos_token_id=tokenizer.eos_id,
+      answer_marker_ids=tuple(tokenizer.encode("Answer")))
+  context = evaluation.EvalContext(
+      tokenizer=tokenizer, task=registry.get_task("game24"),
+      sampler_config=sampler_config,
+      search_config=mcts_star.MCTSConfig(num_iterations=3, branch=2,
+                                         max_depth=4, max_step_len=24),
+      max_depth=4, question_width=16, cache_nodes=False)
+  puzzles = [(4, 9, 10, 13), (1, 2, 3, 4)]
+  problems = [registry.Problem(game24.question_text(p), p) for p in puzzles]
+  result, search = evaluation.run_method(
+      "mcts", 2, (policy, oracle.ExactValue(tokenizer, 4)), context,
+      problems, jax.random.key(0), greedy_tokens=40.0)
+  assert result.accuracy == 0.0  # an untrained policy does not solve them
+  tree = search.tree
+  used = np.asarray(tree.used)
+  assert np.all(np.asarray(tree.num_nodes) >= 3)
+  assert set(np.asarray(tree.prior_value)[used].tolist()) <= {
+      0.0, 0.25, 0.5, 0.75, 1.0}
