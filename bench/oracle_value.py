@@ -37,9 +37,13 @@ _QUESTION_RE = re.compile(r"Use ([\d ]+) to make 24\.")
 
 
 def exact_value(text: str, max_depth: int) -> float:
-  """The exact value of a question + partial solution text (see above)."""
+  """The exact value of a question + partial solution text (see above); 0
+  for a row without a question (MCTS* pads rows it does not need)."""
   question, *lines = text.split("\n")
-  numbers = [int(n) for n in _QUESTION_RE.match(question).group(1).split()]
+  match = _QUESTION_RE.match(question)
+  if match is None:
+    return 0.0
+  numbers = [int(n) for n in match.group(1).split()]
   steps = [line for line in lines if line.strip()]
   left = numbers
   for step in steps:

@@ -44,6 +44,7 @@ def test_exact_value_of_hand_checked_partial_solutions():
   assert value("13 - 9 = 4 (left: 4 4 10)") == 0.25
   assert value("Answer: 4 + 9 + 10 + 13 = 24") == 0.0  # = 36
   assert value(*SOLUTION[:1], "Answer: (13 - 9) * (10 - 4) = 24") == 1.0
+  assert oracle.exact_value("Use", 4) == 0.0  # a padding row
 
 
 @pytest.fixture(scope="module")
