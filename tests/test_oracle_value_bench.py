@@ -31,11 +31,10 @@ SOLUTION = ["9 + 10 = 19 (left: 4 13 19)", "19 - 13 = 6 (left: 4 6)",
 
 def test_exact_value_of_hand_checked_partial_solutions():
   assert game24.solve((4, 9, 10, 13)) == SOLUTION
-  values = [oracle.exact_value(QUESTION + "".join(s + "\n" for s in SOLUTION[:k]),
-                               4) for k in range(1, 5)]
-  assert values == [0.25, 0.5, 0.75, 1.0]  # Eq. 1-2 along a correct path
   value = lambda *steps: oracle.exact_value(
       QUESTION + "".join(s + "\n" for s in steps), 4)
+  # Eq. 1-2's labels along a correct path.
+  assert [value(*SOLUTION[:k]) for k in range(1, 5)] == [0.25, 0.5, 0.75, 1.0]
   assert value("4 + 9 = 14 (left: 10 13 14)") == 0.0  # wrong arithmetic
   assert value("4 + 8 = 12 (left: 9 10 12 13)") == 0.0  # 8 is not there
   # Legal, but 24 is out of reach: 13 - 9 = 4, 4 * 4 = 16, then 10 and 16.
