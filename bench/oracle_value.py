@@ -13,11 +13,20 @@ over the validation puzzles:
 
     python bench/oracle_value.py --workdir runs/game24 --budgets 4,8,16
 
+After each MCTS* run it also reports, judged by the exact value, where the
+trees of the largest budget spent their expansions: the distinct first moves
+per tree, the share of trees that hold no winnable position at all, and the
+share of expansions made at lost positions.
+
+`--search key=value,...` overrides the checkpoint's `eval.search` settings, and
+`--methods` / `--values` narrow what runs, so the search's own settings can be
+tuned against the exact value, apart from the value model's errors.
 Ends with `RESULT oracle_mcts_minus_bon <MCTS* - Best-of-N, exact value, at
 the largest budget>`.
 """
 
 import argparse
+import ast
 import dataclasses
 import re
 import sys
@@ -31,6 +40,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from restmcts_jax import evaluation  # pylint: disable=g-import-not-at-top
 from restmcts_jax import experiment
+from restmcts_jax.search import tree as tree_lib
 from restmcts_jax.tasks import game24
 
 # `game24.question_text`'s line, read back.
@@ -90,6 +100,47 @@ class ExactValue(nnx.Module):
         prefix, lengths, steps, step_lengths)
 
 
+def tree_statistics(result, tokenizer, max_depth: int) -> dict[str, float]:
+  """Where a batch of MCTS* searches (a `SearchResult`) spent expansions,
+  judged by `exact_value`: `first_moves`, distinct children of the root per
+  tree; `no_winnable`, the share of trees without an unfinished position
+  from which 24 is reachable; `lost_expansions`, the share of expansions
+  made at unfinished positions from which it is not."""
+  result = jax.device_get(result)
+  tree = result.tree
+  used = np.asarray(tree.used)
+  tokens, lengths, _ = tree_lib.prefix_rows(tree, used, max_depth=max_depth)
+  values = np.zeros(used.shape, np.float32)
+  values[used] = [exact_value(tokenizer.decode(list(map(int, row[:n]))),
+                              max_depth) for row, n in zip(tokens, lengths)]
+  unfinished = used & ~np.asarray(tree.final)
+  unfinished[:, tree_lib.ROOT_INDEX] = False  # the question: winnable
+  expansions = np.asarray(result.expansions)
+  lost = expansions * (unfinished & (values == 0))
+  return {
+      "first_moves": float(np.mean(
+          np.sum(np.asarray(tree.children)[:, tree_lib.ROOT_INDEX] >= 0,
+                 axis=1))),
+      "no_winnable": float(np.mean(~np.any(unfinished & (values > 0),
+                                           axis=1))),
+      "lost_expansions": float(lost.sum() / max(expansions.sum(), 1)),
+  }
+
+
+def parse_overrides(text: str, keys) -> dict:
+  """`"branch=2,exploration=0.2"` -> {"branch": 2, "exploration": 0.2},
+  each key one of `keys`."""
+  overrides = {}
+  for item in filter(None, (i.strip() for i in text.split(","))):
+    key, sep, value = item.partition("=")
+    if not sep or key not in keys:
+      raise ValueError(f"--search {item!r}: expected key=value with a key of "
+                       f"eval.search ({', '.join(sorted(keys))})")
+    value = {"true": "True", "false": "False"}.get(value.lower(), value)
+    overrides[key] = ast.literal_eval(value)
+  return overrides
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True,
@@ -100,8 +151,20 @@ def main():
                       help="evaluation seeds averaged")
   parser.add_argument("--mcts_iterations", type=int, default=64,
                       help="MCTS* iteration cap (64: budgets up to 16)")
+  parser.add_argument("--search", default="",
+                      help="eval.search overrides, e.g. unvisited_bonus=0.3")
+  parser.add_argument("--methods", default="bon,mcts",
+                      help="bon, mcts or both")
+  parser.add_argument("--values", default="learned,exact",
+                      help="learned, exact or both")
   args = parser.parse_args()
   budgets = experiment.parse_budgets(args.budgets)
+  methods = experiment.parse_methods(args.methods, key="--methods")
+  value_names = [v for v in args.values.split(",") if v]
+  if not set(methods) <= {"bon", "mcts"}:
+    raise ValueError(f"--methods={args.methods}: choose from bon,mcts")
+  if not value_names or not set(value_names) <= {"learned", "exact"}:
+    raise ValueError(f"--values={args.values}: choose from learned,exact")
 
   config, tokenizer, (policy, learned), _ = experiment.restore(args.workdir)
   if config.task != "game24":
@@ -109,23 +172,32 @@ def main():
   with config.unlocked():
     config.eval.split = "validation"
     config.eval.mcts_iterations = args.mcts_iterations
+    config.eval.search.update(
+        parse_overrides(args.search, experiment.EVAL_SEARCH_KEYS))
   problems = experiment.load_data(config, warm_start=False).test
   context = dataclasses.replace(experiment.eval_context(config, tokenizer),
                                 cache_nodes=False)
   values = {"learned": learned,
             "exact": ExactValue(tokenizer, config.max_depth)}
+  values = {name: values[name] for name in value_names}
 
   rows = {}  # (method, value, budget) -> [(accuracy, policy tokens)]
+  trees = {}  # value -> [tree_statistics of the largest budget's searches]
   for value_name, value_model in values.items():
     for seed in range(args.seeds):
-      results, _ = evaluation.evaluate(
-          (policy, value_model), context, problems, methods=["bon", "mcts"],
+      results, search = evaluation.evaluate(
+          (policy, value_model), context, problems, methods=methods,
           budgets=budgets, seed=seed)
       for r in results:
         rows.setdefault((r.method, value_name, r.samples), []).append(
             (r.accuracy, r.policy_tokens))
         print(f"{value_name} seed {seed}: {r.method}@{r.samples} "
               f"{r.accuracy:.3f} ({r.policy_tokens:.0f} tokens)", flush=True)
+      if search is not None:
+        trees.setdefault(value_name, []).append(
+            tree_statistics(search, tokenizer, config.max_depth))
+        print(f"{value_name} seed {seed}: mcts@{max(budgets)} trees "
+              f"{trees[value_name][-1]}", flush=True)
 
   print(f"\n{len(problems)} validation puzzles, mean of {args.seeds} seeds: "
         "accuracy (policy tokens per puzzle)")
@@ -133,14 +205,28 @@ def main():
       f"budget {b:>2d}      " for b in budgets)
   print(header + "\n" + "-" * len(header))
   mean = lambda key: np.mean(rows[key], axis=0)
-  for method in ("bon", "mcts"):
+  for method in methods:
     for value_name in values:
       cells = [mean((method, value_name, b)) for b in budgets]
       print(f"{method:10s} | {value_name:7s} | " + " | ".join(
           f"{a:.3f} ({t:4.0f})" for a, t in cells))
   top = max(budgets)
-  gap = mean(("mcts", "exact", top))[0] - mean(("bon", "exact", top))[0]
-  print(f"RESULT oracle_mcts_minus_bon {gap:.3f}")
+  if trees:
+    print(f"\nMCTS* trees at budget {top}, judged by the exact value: "
+          "first moves per tree | trees with no winnable position | "
+          "expansions at lost positions")
+    for value_name, stats in trees.items():
+      mean_stat = lambda k: np.mean([s[k] for s in stats])
+      print(f"{value_name:7s} | {mean_stat('first_moves'):.2f} | "
+            f"{mean_stat('no_winnable'):.3f} | "
+            f"{mean_stat('lost_expansions'):.3f}")
+  if {"mcts", "bon"} <= set(methods) and "exact" in values:
+    gap = mean(("mcts", "exact", top))[0] - mean(("bon", "exact", top))[0]
+    print(f"RESULT oracle_mcts_minus_bon {gap:.3f}")
+  for value_name in values:
+    for method in methods:
+      print(f"RESULT accuracy_{method}_{value_name}_{top} "
+            f"{mean((method, value_name, top))[0]:.3f}")
 
 
 if __name__ == "__main__":

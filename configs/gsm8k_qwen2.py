@@ -118,6 +118,7 @@ def get_config(checkpoint: str = ""):
   config.eval.search.update(branch=3, roll_branch=1, roll_forward_steps=3,
                             exploration=0.7, alpha=0.5, unvisited_bonus=1.0,
                             end_gate=0.9, skip_exhausted=False,
-                            max_expansions=1, stop_at_end_gate=True,
+                            max_expansions=1, widen_visits=0,
+                            stop_at_end_gate=True,
                             rollout_answers=False)
   return config

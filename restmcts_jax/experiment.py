@@ -340,8 +340,8 @@ def search_config_for(config, *, section: str = "search",
 # The MCTS* settings an evaluation may set apart from the training search's.
 EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
                     "exploration", "alpha", "unvisited_bonus", "end_gate",
-                    "skip_exhausted", "max_expansions", "stop_at_end_gate",
-                    "rollout_answers")
+                    "skip_exhausted", "max_expansions", "widen_visits",
+                    "stop_at_end_gate", "rollout_answers")
 
 
 def eval_search_settings(config) -> dict:
@@ -440,10 +440,12 @@ def _backfill(config) -> dict:
           "warmstart.complete_value_solutions": False,
           "train.length_buckets": "", "train.trace_history": "iteration",
           "search.skip_exhausted": False, "search.max_expansions": 1,
+          "search.widen_visits": 0,
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
                           "skip_exhausted": False, "max_expansions": 1,
-                          "stop_at_end_gate": True, "rollout_answers": False}}
+                          "widen_visits": 0, "stop_at_end_gate": True,
+                          "rollout_answers": False}}
 
 
 

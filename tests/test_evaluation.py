@@ -344,7 +344,8 @@ def test_eval_search_settings_apply_over_the_training_search(config,
   config = config.copy_and_resolve_references()
   config.search.update(branch=2, exploration=0.5, roll_forward_steps=1)
   config.eval.search.update(branch=3, exploration=0.7, max_expansions=1,
-                            stop_at_end_gate=True, rollout_answers=False)
+                            widen_visits=0, stop_at_end_gate=True,
+                            rollout_answers=False)
   with config.eval.search.unlocked():
     del config.eval.search["roll_forward_steps"]
   search = experiment.eval_context(config, tokenizer).search_config
@@ -355,10 +356,11 @@ def test_eval_search_settings_apply_over_the_training_search(config,
   assert (search.max_expansions, search.skip_exhausted) == (1, True)
   with config.eval.search.unlocked():
     config.eval.search.update(stop_at_end_gate=False, max_expansions=3,
-                              skip_exhausted=True, rollout_answers=True)
+                              skip_exhausted=True, rollout_answers=True,
+                              widen_visits=2)
   search = experiment.eval_context(config, tokenizer).search_config
   assert (search.stop_at_end_gate, search.max_expansions) == (False, 3)
-  assert search.rollout_answers
+  assert search.rollout_answers and search.widen_visits == 2
   assert search.max_children == 9
   # A workdir whose eval.search predates these keys answered at the gate
   # with single expansions, whatever the training search does.
@@ -367,9 +369,10 @@ def test_eval_search_settings_apply_over_the_training_search(config,
     del config.eval.search["stop_at_end_gate"]
     del config.eval.search["max_expansions"]
     del config.eval.search["rollout_answers"]
+    del config.eval.search["widen_visits"]
   search = experiment.eval_context(config, tokenizer).search_config
   assert (search.stop_at_end_gate, search.max_expansions) == (True, 1)
-  assert not search.rollout_answers
+  assert not search.rollout_answers and search.widen_visits == 0
   config.eval.search.update(max_expansions=3, skip_exhausted=False)
   with pytest.raises(ValueError,
                      match=r"config\.eval\.search \(over config\.search\): "

@@ -156,6 +156,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("eval", "search"), ("train", "length_buckets"),
                        ("search", "skip_exhausted"),
                        ("search", "max_expansions"),
+                       ("search", "widen_visits"),
                        ("train", "trace_history")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
@@ -165,11 +166,11 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   path.write_text(json.dumps(unusual))
   loaded = experiment.load_config(workdir)
   assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
-  assert (loaded.search.skip_exhausted, loaded.search.max_expansions) == (
-      False, 1)
+  assert (loaded.search.skip_exhausted, loaded.search.max_expansions,
+          loaded.search.widen_visits) == (False, 1, 0)
   assert loaded.train.trace_history == "iteration"
   eval_search = loaded.eval.search.to_dict()
-  later = {"skip_exhausted": False, "max_expansions": 1,
+  later = {"skip_exhausted": False, "max_expansions": 1, "widen_visits": 0,
            "stop_at_end_gate": True, "rollout_answers": False}
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS

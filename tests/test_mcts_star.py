@@ -475,3 +475,103 @@ def test_a_rollout_answer_is_its_start_node_s_prefix_and_its_steps():
   np.testing.assert_array_equal(plain_lengths[same], lengths[same])
   width = plain_tokens.shape[1]
   np.testing.assert_array_equal(plain_tokens[same], tokens[same][:, :width])
+
+
+def _widening(widen_visits, **overrides):
+  return mcts_star.MCTSConfig(**{
+      "num_iterations": 12, "branch": 2, "roll_branch": 1,
+      "roll_forward_steps": 1, "max_depth": 6, "max_step_len": 2,
+      "stop_at_end_gate": False, "skip_exhausted": True, "max_expansions": 3,
+      "widen_visits": widen_visits, **overrides})
+
+
+def test_nodes_due_for_widening_on_a_hand_built_tree():
+  """Root expanded once (two children, one final) and a child at max_depth:
+  a node widens once its visits reach widen_visits * expansions**2, while it
+  has expansions left and can be expanded."""
+  config = _widening(2, max_depth=1)
+  t = tree_lib.init_tree(jnp.ones((1, 2), jnp.int32), jnp.array([2]),
+                         num_slots=4, branching=6, max_step_len=1)
+  t, _ = tree_lib.add_children(
+      t, jnp.array([0]), jnp.array([[[3], [4]]]), jnp.array([[1, 1]]),
+      jnp.array([[0.2, 0.9]]), jnp.array([[False, True]]),
+      jnp.array([[True, True]]))
+  t = jax.tree.map(lambda x: x[0], t)
+  due = lambda visits, expansions, config=config: np.asarray(
+      mcts_star.widens(t.replace(visits=jnp.array(visits)), config,
+                       jnp.array(expansions))).tolist()
+  assert due([1, 5, 5, 0], [1, 0, 0, 0]) == [False] * 4
+  assert due([2, 5, 5, 0], [1, 0, 0, 0]) == [True, False, False, False]
+  assert due([7, 5, 5, 0], [2, 0, 0, 0]) == [False] * 4  # 2 * 2**2 = 8
+  assert due([8, 5, 5, 0], [2, 0, 0, 0])[0]
+  assert not due([50, 5, 5, 0], [3, 0, 0, 0])[0]  # max_expansions spent
+  # A final node, and one at max_depth, cannot be expanded at all.
+  assert due([9, 9, 9, 0], [1, 1, 1, 0]) == [True, False, False, False]
+  assert due([9, 9, 9, 0], [1, 1, 1, 0], dataclasses.replace(
+      config, max_depth=6))[1]
+  assert due([50, 5, 5, 0], [1, 0, 0, 0], dataclasses.replace(
+      config, widen_visits=0)) == [False] * 4
+
+
+def test_widening_expands_the_root_again_on_schedule_from_new_children():
+  """widen_visits = 2: the first two iterations are those of the search
+  without widening; the third (root visits 2) expands the root again and
+  rolls out from one of its new children, the old ones untouched; by
+  iteration 8 (visits 8 = 2 * 2**2) the root has its third expansion."""
+  rows = [[i, 2 * i + 1] for i in range(1, 25)]
+  plain = lambda n: _run_keyed(rows, _widening(0, num_iterations=n))
+  widened = lambda n: _run_keyed(rows, _widening(2, num_iterations=n))
+  two, two_widened = plain(2), widened(2)
+  np.testing.assert_array_equal(two.tree.step_tokens,
+                                two_widened.tree.step_tokens)
+  np.testing.assert_array_equal(two.tree.visits, two_widened.tree.visits)
+  three = jax.tree.map(np.asarray, widened(3))
+  assert np.all(three.expansions[:, 0] == 2)
+  assert np.all(plain(3).expansions[:, 0] == 1)
+  old_kids = np.asarray(two.tree.children[:, 0])  # the first expansion's
+  rolled_out_from_new = 0
+  for b in range(len(rows)):
+    kids = three.tree.children[b, 0][three.tree.children[b, 0] >= 0]
+    old = kids[np.isin(kids, old_kids[b])]
+    new = kids[~np.isin(kids, old_kids[b])]
+    np.testing.assert_array_equal(three.tree.visits[b, old],
+                                  np.asarray(two.tree.visits)[b, old])
+    if len(new):
+      assert three.tree.visits[b, new].sum() == 1
+      rolled_out_from_new += 1
+  assert rolled_out_from_new > len(rows) // 2
+  assert np.all(np.asarray(widened(8).expansions[:, 0]) == 2)
+  assert np.all(np.asarray(widened(9).expansions[:, 0]) == 3)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=4),
+                min_size=3, max_size=3),
+       st.sampled_from([1, 2]), st.integers(0, 3))
+def test_widened_trees_stay_search_trees(rows, widen_visits, seed):
+  """Widening keeps the invariants: children distinct steps, at most
+  max_expansions expansions, visits and values consistent, and more nodes
+  than the search without it."""
+  config = _widening(widen_visits, num_iterations=16)
+  result = _run_keyed(rows, config, seed)
+  expansions = np.asarray(result.expansions)
+  _check_invariants(result, config, expansions)
+  t = jax.tree.map(np.asarray, result.tree)
+  assert np.all(expansions <= config.max_expansions)
+  for b in range(3):
+    for p in range(int(t.num_nodes[b])):
+      kids = t.children[b, p][t.children[b, p] >= 0]
+      steps = {tuple(t.step_tokens[b, k, :t.step_len[b, k]]) for k in kids}
+      assert len(steps) == len(kids)
+  assert np.all(result.iterations == config.num_iterations)
+  unwidened = _run_keyed(rows, dataclasses.replace(config, widen_visits=0),
+                         seed)
+  assert np.sum(expansions[:, 0]) > np.sum(unwidened.expansions[:, 0])
+
+
+def test_widening_needs_expansions_to_spare():
+  with pytest.raises(ValueError, match="widen_visits=2 .*max_expansions"):
+    mcts_star.MCTSConfig(widen_visits=2)
+  with pytest.raises(ValueError, match="widen_visits=-1"):
+    mcts_star.MCTSConfig(widen_visits=-1, max_expansions=2,
+                         skip_exhausted=True)

@@ -14,6 +14,7 @@ from restmcts_jax import evaluation
 from restmcts_jax import sampling
 from restmcts_jax.models import transformer as tl
 from restmcts_jax.search import mcts_star
+from restmcts_jax.search import tree as tree_lib
 from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 from restmcts_jax.tokenizer import SentencePieceTokenizer
@@ -99,3 +100,57 @@ def test_mcts_searches_with_the_exact_value(tokenizer):
   assert np.all(np.asarray(tree.num_nodes) >= 3)
   assert set(np.asarray(tree.prior_value)[used].tolist()) <= {
       0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_tree_statistics_of_hand_built_trees(tokenizer):
+  """Tree 0: two winnable first moves, the second followed by a lost one
+  (expanded twice) and a final answer. Tree 1: one lost first move,
+  expanded once. Expansions: tree 0 root, 2 and 3 twice; tree 1 root, 1."""
+  lost_after_13_9 = "4 * 4 = 16 (left: 10 16)\n"
+  steps = {0: [[SOLUTION[0] + "\n", "13 - 9 = 4 (left: 4 4 10)\n"],
+               [lost_after_13_9, "Answer: 4 * (9 + 10 - 13) = 24\n"]],
+           1: [["4 + 9 = 13 (left: 10 13 13)\n", "4 + 9 = 13 (left: 10 13 13)\n"],
+               ["", ""]]}
+  question, question_len = evaluation.encode_rows(tokenizer, [QUESTION] * 2,
+                                                  16)
+  t = tree_lib.init_tree(jax.numpy.asarray(question),
+                         jax.numpy.asarray(question_len), num_slots=6,
+                         branching=2, max_step_len=24)
+  for level, parent in enumerate([[0, 0], [2, 1]]):
+    rows = [steps[b][level] for b in range(2)]
+    tokens, lengths = evaluation.encode_rows(
+        tokenizer, [s for r in rows for s in r], 24)
+    t, _ = tree_lib.add_children(
+        t, jax.numpy.asarray(parent), tokens.reshape(2, 2, 24),
+        lengths.reshape(2, 2), np.zeros((2, 2), np.float32),
+        np.array([[False, level == 1], [False, False]]),
+        np.array([[True, True], [level == 0, False]]))
+  # Tree 0 is root 0, first moves 1 and 2, then 3 (lost) and 4 (final)
+  # under 2; tree 1 is root 0 and first move 1 (its duplicate merged).
+  np.testing.assert_array_equal(t.num_nodes, [5, 2])
+  expansions = np.zeros((2, 6), np.int32)
+  expansions[0, [0, 2, 3]] = [1, 1, 2]
+  expansions[1, [0, 1]] = 1
+  zeros = np.zeros(2, np.int32)
+  result = mcts_star.SearchResult(
+      tree=t, expansions=expansions, answer_node=zeros,
+      answer_is_rollout=zeros > 0,
+      best_rollout=mcts_star.Rollout.none(
+          2, mcts_star.MCTSConfig(max_step_len=24)),
+      passed_gate=zeros > 0, iterations=zeros, policy_tokens=zeros,
+      value_tokens=zeros)
+  stats = oracle.tree_statistics(result, tokenizer, max_depth=4)
+  assert stats == {"first_moves": 1.5, "no_winnable": 0.5,
+                   "lost_expansions": 3 / 6}
+
+
+def test_search_overrides_parse_and_name_unknown_keys():
+  section = ("branch", "exploration", "rollout_answers")
+  assert oracle.parse_overrides(
+      "branch=2, exploration=0.25,rollout_answers=false", section) == {
+          "branch": 2, "exploration": 0.25, "rollout_answers": False}
+  assert oracle.parse_overrides("", section) == {}
+  with pytest.raises(ValueError, match="'width=2'.*branch, exploration"):
+    oracle.parse_overrides("width=2", section)
+  with pytest.raises(ValueError, match="'branch'"):
+    oracle.parse_overrides("branch", section)

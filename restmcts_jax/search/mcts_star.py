@@ -3,7 +3,8 @@
 Each iteration, for every question whose search is still running:
   1. select   — descend by `v_c + c sqrt(2 ln n_p / n_c)` (unvisited: `v_c + inf`)
                 to a leaf (with `max_expansions`, possibly an inner node whose
-                children are all exhausted); with `stop_at_end_gate`, a leaf
+                children are all exhausted or, with `widen_visits`, one
+                visited often enough to widen); with `stop_at_end_gate`, a leaf
                 with v >= end_gate ends the search and is the answer;
   2. expand   — unless the leaf is final or at max depth: b steps from the
                 policy, steps equal to each other or to an existing child
@@ -90,6 +91,13 @@ class MCTSConfig:
       out keeps spending its budget. An expansion whose steps all merge
       into existing children adds nothing but costs its iteration and
       tokens. Needs `skip_exhausted`.
+    widen_visits: progressive widening (0: off; a deviation from SPEC): a
+      node expanded e < max_expansions times is expanded again, whatever
+      its children, once its visits reach `widen_visits * e**2`: selection
+      stops there. Without it a node's first b samples are all selection can
+      ever descend to: where all of the root's are lost moves, every later
+      iteration expands lost positions (BENCHMARKS.md). The rollout that
+      follows starts from the best of the new children.
     rollout_answers: a rollout that ends in a finished solution is kept as a
       candidate answer (its final step valued by V), not only its value: the
       search answers with the best such rollout when no node passed the gate
@@ -115,6 +123,7 @@ class MCTSConfig:
   random_ties: bool = True
   skip_exhausted: bool = False
   max_expansions: int = 1
+  widen_visits: int = 0
   rollout_answers: bool = False
 
   def __post_init__(self):
@@ -124,6 +133,12 @@ class MCTSConfig:
       raise ValueError(
           f"max_expansions={self.max_expansions} expands again the nodes "
           "whose children are all exhausted: it needs skip_exhausted=True")
+    if self.widen_visits < 0:
+      raise ValueError(f"widen_visits={self.widen_visits}: must be >= 0")
+    if self.widen_visits and self.max_expansions < 2:
+      raise ValueError(
+          f"widen_visits={self.widen_visits} expands nodes again: it needs "
+          "max_expansions >= 2")
 
   @property
   def num_slots(self) -> int:
@@ -267,16 +282,30 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig,
   return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
 
 
-def _select(t: tree_lib.Tree, config: MCTSConfig, key, skip=None) -> Array:
+def widens(t: tree_lib.Tree, config: MCTSConfig, expansions: Array
+           ) -> Array:
+  """`[N]` nodes due for another expansion by `MCTSConfig.widen_visits`
+  (`expansions [N]`: times each node was expanded)."""
+  if not config.widen_visits:
+    return jnp.zeros_like(t.used)
+  return ((expansions >= 1) & (expansions < config.max_expansions)
+          & ~t.final & (t.depth < config.max_depth)
+          & (t.visits >= config.widen_visits * expansions**2))
+
+
+def _select(t: tree_lib.Tree, config: MCTSConfig, key, skip=None,
+            widen=None) -> Array:
   """Descends from the root to a node without children, passing over the
   nodes in `skip [N]` if given: then it also stops at a node whose children
-  are all skipped (one to expand again, see `MCTSConfig.max_expansions`)."""
+  are all skipped (one to expand again, see `MCTSConfig.max_expansions`),
+  and at a node in `widen [N]` (see `widens`)."""
   def is_inner(node):
     kids = t.children[node]
     open_ = kids != tree_lib.NO_CHILD
     if skip is not None:
       open_ &= ~skip[jnp.maximum(kids, 0)]
-    return jnp.any(open_)
+    inner = jnp.any(open_)
+    return inner if widen is None else inner & ~widen[node]
   return jax.lax.while_loop(is_inner,
                             lambda n: _best_child(t, n, config, key, skip),
                             jnp.int32(tree_lib.ROOT_INDEX))
@@ -452,12 +481,16 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
 
 
 def _rollout(models, tree, memory, leaf, added, keys, tie_keys, iteration,
-             config, skip=None):
+             config, skip=None, first_new=None):
   """Phase 3 for every tree whose leaf gained children (`added [B]`),
-  from the best child not in `skip [B, N]`: returns (tree, the `Rollout`s,
-  policy and value token counts)."""
+  from the best child not in `skip [B, N]` and, where given, at or after
+  slot `first_new [B]` (a widened node's new children): returns (tree, the
+  `Rollout`s, policy and value token counts)."""
   b, d = tree.batch_size, config.roll_branch
   rows = jnp.arange(b)
+  if first_new is not None:
+    old = jnp.arange(tree.num_slots) < first_new[:, None]
+    skip = old if skip is None else skip | old
   best = jax.vmap(lambda t, n, key, sk: _best_child(t, n, config, key, sk),
                   in_axes=(0, 0, 0, None if skip is None else 0))(
                       tree, leaf, tie_keys, skip)
@@ -567,9 +600,14 @@ def search(
     s, memory, skip = carry
     active = running(s, skip)
     tie_keys = _row_keys(keys, s.iterations, _TIE_PHASE, 1)
-    leaf = jax.vmap(lambda t, key, sk: _select(t, config, key, sk),
-                    in_axes=(0, 0, None if skip is None else 0))(
-                        s.tree, tie_keys, skip)
+    widen = None
+    if config.widen_visits:
+      widen = jax.vmap(lambda t, e: widens(t, config, e))(
+          s.tree, s.expansions)
+    leaf = jax.vmap(lambda t, key, sk, w: _select(t, config, key, sk, w),
+                    in_axes=(0, 0, None if skip is None else 0,
+                             None if widen is None else 0))(
+                        s.tree, tie_keys, skip, widen)
     value_at_leaf = s.tree.value[jnp.arange(b), leaf]
     gate = active & (leaf != tree_lib.ROOT_INDEX) & (
         value_at_leaf >= config.end_gate)
@@ -579,8 +617,9 @@ def search(
     active &= ~gate
     tree, memory, expanded, added, p1, v1 = _expand(
         models, s.tree, memory, leaf, active, keys, s.iterations, config)
-    tree, rollout, p2, v2 = _rollout(models, tree, memory, leaf, added, keys,
-                                     tie_keys, s.iterations, config, skip)
+    tree, rollout, p2, v2 = _rollout(
+        models, tree, memory, leaf, added, keys, tie_keys, s.iterations,
+        config, skip, s.tree.num_nodes if config.widen_visits else None)
     if config.rollout_answers:
       better = rollout.value > s.best_rollout.value
       s = s.replace(
