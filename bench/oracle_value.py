@@ -193,7 +193,8 @@ def main():
             (r.accuracy, r.policy_tokens))
         print(f"{value_name} seed {seed}: {r.method}@{r.samples} "
               f"{r.accuracy:.3f} ({r.policy_tokens:.0f} tokens)", flush=True)
-      if search is not None:
+      if search is not None:  # the first batch's, padding rows dropped
+        search = jax.tree.map(lambda x: x[:len(problems)], search)
         trees.setdefault(value_name, []).append(
             tree_statistics(search, tokenizer, config.max_depth))
         print(f"{value_name} seed {seed}: mcts@{max(budgets)} trees "

@@ -569,6 +569,19 @@ def test_widened_trees_stay_search_trees(rows, widen_visits, seed):
   assert np.sum(expansions[:, 0]) > np.sum(unwidened.expansions[:, 0])
 
 
+def test_the_end_gate_takes_leaves_only_while_widening():
+  """A node stopped at to be widened is no leaf: however high its children
+  raised its value, the gate passes only at a leaf."""
+  rows = [[i, 3 * i + 2] for i in range(1, 33)]
+  config = _widening(1, stop_at_end_gate=True, end_gate=0.6)
+  result = jax.tree.map(np.asarray, _run_keyed(rows, config))
+  passed = np.nonzero(result.passed_gate)[0]
+  assert len(passed) > len(rows) // 2
+  answer = result.answer_node[passed]
+  assert np.all(result.tree.children[passed, answer] < 0)
+  assert np.all(result.tree.value[passed, answer] >= config.end_gate)
+
+
 def test_widening_needs_expansions_to_spare():
   with pytest.raises(ValueError, match="widen_visits=2 .*max_expansions"):
     mcts_star.MCTSConfig(widen_visits=2)

@@ -93,8 +93,9 @@ class MCTSConfig:
       tokens. Needs `skip_exhausted`.
     widen_visits: progressive widening (0: off; a deviation from SPEC): a
       node expanded e < max_expansions times is expanded again, whatever
-      its children, once its visits reach `widen_visits * e**2`: selection
-      stops there. Without it a node's first b samples are all selection can
+      its children, once its visits reach `widen_visits * e**2` (a node
+      rolled out from counts that visit too): selection stops there, and
+      the end gate does not apply to it. Without it a node's first b samples are all selection can
       ever descend to: where all of the root's are lost moves, every later
       iteration expands lost positions (BENCHMARKS.md). The rollout that
       follows starts from the best of the new children.
@@ -612,6 +613,8 @@ def search(
     gate = active & (leaf != tree_lib.ROOT_INDEX) & (
         value_at_leaf >= config.end_gate)
     gate &= config.stop_at_end_gate
+    if widen is not None:  # a node stopped at to widen is no leaf
+      gate &= ~widen[jnp.arange(b), leaf]
     if config.gate_requires_final:
       gate &= s.tree.final[jnp.arange(b), leaf]
     active &= ~gate
