@@ -111,8 +111,9 @@ def get_config():
   # half the puzzles all of the root's first samples were lost moves and
   # the search spent its budget below them. With an exact value it took
   # MCTS* from 0.245 / 0.215 to 0.280 / 0.360 at budgets 8 / 16 (Best-of-N
-  # 0.190 / 0.270), with the learned one from 0.105 / 0.190 / 0.170 to
-  # 0.115 / 0.223 / 0.235 at 4 / 8 / 16 (Best-of-N 0.110 / 0.172 / 0.230).
+  # 0.190 / 0.270), with the learned one from 0.122 / 0.165 / 0.182 to
+  # 0.115 / 0.223 / 0.235 at 4 / 8 / 16 (Best-of-N 0.110 / 0.172 / 0.230;
+  # 4 evaluation seeds).
   config.eval.search = ml_collections.ConfigDict(dict(
       branch=3, roll_branch=1, roll_forward_steps=3, exploration=0.5,
       alpha=0.5, unvisited_bonus=0.9, end_gate=0.8, skip_exhausted=True,
