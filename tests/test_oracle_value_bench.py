@@ -107,10 +107,10 @@ def test_tree_statistics_of_hand_built_trees(tokenizer):
   (expanded twice) and a final answer. Tree 1: one lost first move,
   expanded once. Expansions: tree 0 root, 2 and 3 twice; tree 1 root, 1."""
   lost_after_13_9 = "4 * 4 = 16 (left: 10 16)\n"
+  lost_first_move = "4 + 9 = 13 (left: 10 13 13)\n"
   steps = {0: [[SOLUTION[0] + "\n", "13 - 9 = 4 (left: 4 4 10)\n"],
                [lost_after_13_9, "Answer: 4 * (9 + 10 - 13) = 24\n"]],
-           1: [["4 + 9 = 13 (left: 10 13 13)\n", "4 + 9 = 13 (left: 10 13 13)\n"],
-               ["", ""]]}
+           1: [[lost_first_move, lost_first_move], ["", ""]]}
   question, question_len = evaluation.encode_rows(tokenizer, [QUESTION] * 2,
                                                   16)
   t = tree_lib.init_tree(jax.numpy.asarray(question),

@@ -95,10 +95,11 @@ class MCTSConfig:
       node expanded e < max_expansions times is expanded again, whatever
       its children, once its visits reach `widen_visits * e**2` (a node
       rolled out from counts that visit too): selection stops there, and
-      the end gate does not apply to it. Without it a node's first b samples are all selection can
-      ever descend to: where all of the root's are lost moves, every later
-      iteration expands lost positions (BENCHMARKS.md). The rollout that
-      follows starts from the best of the new children.
+      the end gate does not apply to it. Without it a node's first b
+      samples are all selection can ever descend to: where all of the
+      root's are lost moves, every later iteration expands lost positions
+      (BENCHMARKS.md). The rollout that follows starts from the best of the
+      new children, as after every expansion.
     rollout_answers: a rollout that ends in a finished solution is kept as a
       candidate answer (its final step valued by V), not only its value: the
       search answers with the best such rollout when no node passed the gate
@@ -481,17 +482,16 @@ def _expand(models, tree, memory, leaf, active, keys, iteration, config):
   return tree, memory, expandable, added, policy_tokens, value_tokens
 
 
-def _rollout(models, tree, memory, leaf, added, keys, tie_keys, iteration,
-             config, skip=None, first_new=None):
+def _rollout(models, tree, memory, leaf, added, first_new, keys, tie_keys,
+             iteration, config, skip=None):
   """Phase 3 for every tree whose leaf gained children (`added [B]`),
-  from the best child not in `skip [B, N]` and, where given, at or after
-  slot `first_new [B]` (a widened node's new children): returns (tree, the
+  from the best new child (slot `first_new [B]` or later: a node expanded
+  again keeps its old children) not in `skip [B, N]`: returns (tree, the
   `Rollout`s, policy and value token counts)."""
   b, d = tree.batch_size, config.roll_branch
   rows = jnp.arange(b)
-  if first_new is not None:
-    old = jnp.arange(tree.num_slots) < first_new[:, None]
-    skip = old if skip is None else skip | old
+  old = jnp.arange(tree.num_slots) < first_new[:, None]
+  skip = old if skip is None else skip | old
   best = jax.vmap(lambda t, n, key, sk: _best_child(t, n, config, key, sk),
                   in_axes=(0, 0, 0, None if skip is None else 0))(
                       tree, leaf, tie_keys, skip)
@@ -621,8 +621,8 @@ def search(
     tree, memory, expanded, added, p1, v1 = _expand(
         models, s.tree, memory, leaf, active, keys, s.iterations, config)
     tree, rollout, p2, v2 = _rollout(
-        models, tree, memory, leaf, added, keys, tie_keys, s.iterations,
-        config, skip, s.tree.num_nodes if config.widen_visits else None)
+        models, tree, memory, leaf, added, s.tree.num_nodes, keys, tie_keys,
+        s.iterations, config, skip)
     if config.rollout_answers:
       better = rollout.value > s.best_rollout.value
       s = s.replace(
