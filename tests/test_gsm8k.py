@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import hypothesis
 import pytest
 
 from restmcts_jax.tasks import gsm8k
@@ -71,6 +72,7 @@ def test_steps_from_answer():
     ("Step 1 is 5.\nThe answer is: 5\nThe answer is: 6", "6"),
     ("The answer is 5", None),
     ("The answer is: five", None),
+    ("The answer is: 1.5/2", None),  # matches the pattern, no rational
     ("12 + 30 = 42", None),
     ("", None),
 ])
@@ -89,9 +91,21 @@ def test_extract_answer(text, expected):
     ("The answer is: 12345678901234567891", "12345678901234567890", False),
     ("The answer is: -5", "5", False),
     ("It is 18.", "18", False),
+    ("The answer is: 1.5/2", "3", False),
 ])
 def test_is_correct(prediction, reference, expected):
   assert gsm8k.is_correct(prediction, reference) is expected
+
+
+@hypothesis.settings(deadline=None, max_examples=300)
+@hypothesis.given(hypothesis.strategies.text(
+    alphabet="0123456789.,/$- x", max_size=12))
+def test_any_model_answer_grades_without_raising(tail):
+  """A sampled solution can end in anything: grading must say right or
+  wrong, never raise (a raise would stop the self-training run)."""
+  answer = gsm8k.extract_answer(gsm8k.ANSWER_MARKER + " " + tail)
+  assert answer is None or gsm8k.is_correct(
+      gsm8k.ANSWER_MARKER + " " + answer, answer)
 
 
 def test_question_text():

@@ -57,12 +57,19 @@ def normalize_number(number: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-  """The normalized number after the last answer marker (or `####`)."""
+  """The normalized number after the last answer marker (or `####`); None
+  where there is none, or where what follows only looks like one (a model's
+  `1.5/2`: a decimal over a number is no rational the grader can compare)."""
   markers = list(_MARKER_RE.finditer(text))
   if not markers:
     return None
   match = _NUMBER_RE.match(text, markers[-1].end())
-  return normalize_number(match.group(1)) if match else None
+  if match is None:
+    return None
+  try:
+    return normalize_number(match.group(1))
+  except ValueError:
+    return None
 
 
 def is_correct(prediction_text: str, reference: str) -> bool:
