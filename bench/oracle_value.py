@@ -9,7 +9,7 @@ replaces the value model both while MCTS* searches and when Best-of-N picks,
 so its rows are an upper bound, not a method: they consult the verifier
 before answering. Both value functions run side by side in this process, on
 a checkpoint of `python -m restmcts_jax.main --config configs/game24.py`,
-over the validation puzzles:
+over the validation puzzles (`--split test` to report, not to tune):
 
     python bench/oracle_value.py --workdir runs/game24 --budgets 4,8,16
 
@@ -157,6 +157,9 @@ def main():
                       help="bon, mcts or both")
   parser.add_argument("--values", default="learned,exact",
                       help="learned, exact or both")
+  parser.add_argument("--split", default="validation",
+                      choices=("validation", "test"),
+                      help="tune on validation; test only to report")
   args = parser.parse_args()
   budgets = experiment.parse_budgets(args.budgets)
   methods = experiment.parse_methods(args.methods, key="--methods")
@@ -170,7 +173,7 @@ def main():
   if config.task != "game24":
     raise ValueError(f"{args.workdir}: task {config.task!r}, not game24")
   with config.unlocked():
-    config.eval.split = "validation"
+    config.eval.split = args.split
     config.eval.mcts_iterations = args.mcts_iterations
     config.eval.search.update(
         parse_overrides(args.search, experiment.EVAL_SEARCH_KEYS))
@@ -200,7 +203,7 @@ def main():
         print(f"{value_name} seed {seed}: mcts@{max(budgets)} trees "
               f"{trees[value_name][-1]}", flush=True)
 
-  print(f"\n{len(problems)} validation puzzles, mean of {args.seeds} seeds: "
+  print(f"\n{len(problems)} {args.split} puzzles, mean of {args.seeds} seeds: "
         "accuracy (policy tokens per puzzle)")
   header = f"{'method':10s} | {'value':7s} | " + " | ".join(
       f"budget {b:>2d}      " for b in budgets)

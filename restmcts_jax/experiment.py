@@ -184,8 +184,8 @@ def write_config(config, workdir) -> None:
   """Writes `config.json` into a workdir that has none."""
   path = workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
-    path.write_text(json.dumps(json.loads(config.to_json()), indent=2,
-                               sort_keys=True))
+    paths.write_atomic(path, json.dumps(json.loads(config.to_json()),
+                                        indent=2, sort_keys=True))
 
 
 def check_config(config, workdir) -> None:

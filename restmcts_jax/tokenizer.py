@@ -19,6 +19,8 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
+from restmcts_jax import paths
+
 PathLike = str | os.PathLike
 
 # SentencePiece writes a space as U+2581, so decoding turns a literal U+2581
@@ -172,14 +174,16 @@ class SentencePieceTokenizer(Tokenizer):
     )
     flags.update(options)
     # The trainer writes local files only: train in a scratch folder, then
-    # copy the two files where they belong.
+    # copy the two files where they belong, each whole (a run killed
+    # mid-copy leaves no half `.model` for the next run to load), `.model`
+    # last.
     with tempfile.TemporaryDirectory() as scratch:
       local = os.path.join(scratch, "sp")
       spm.SentencePieceTrainer.train(
           sentence_iterator=iter(texts), model_prefix=local, **flags)
-      for suffix in (".model", ".vocab"):
-        epath.Path(f"{model_prefix}{suffix}").write_bytes(
-            pathlib.Path(local + suffix).read_bytes())
+      for suffix in (".vocab", ".model"):
+        paths.write_atomic(epath.Path(f"{model_prefix}{suffix}"),
+                           pathlib.Path(local + suffix).read_bytes())
     return cls.load(f"{model_prefix}.model")
 
   def encode(
