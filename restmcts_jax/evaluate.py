@@ -4,6 +4,8 @@ with a task's verifier.
     python -m restmcts_jax.evaluate --checkpoint=runs/game24 \
         --methods=greedy,sc,bon,tot,mcts --budget=4
     python -m restmcts_jax.evaluate --task=game24 --predictions=preds.jsonl
+    python -m restmcts_jax.evaluate --task=game24 --data=puzzles.csv \
+        --predictions=preds.jsonl
     python -m restmcts_jax.evaluate --task=gsm8k --data=test.jsonl \
         --predictions=preds.jsonl
 
@@ -12,7 +14,9 @@ checkpoint solves the problems of `--data` (default: the run's test problems)
 with each method at `--budget` CoT samples' worth of policy tokens.
 `--predictions` is a JSONL file with one `{"question": ..., "prediction": ...}`
 per line; each question is matched to the task's data by its text (spaces
-collapsed). Questions without a prediction count as wrong. Both print a table,
+collapsed). Questions without a prediction count as wrong: accuracy is over
+every problem of the data (game24 without `--data`: the benchmark's 100 test
+puzzles, ranks 901-1000 of the bundled list). Both print a table,
 then one line per method `RESULT accuracy_<method> <fraction>` (`predictions`
 for a predictions file).
 """
@@ -28,6 +32,7 @@ from absl import flags
 from restmcts_jax import cli_flags
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
+from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 
 _TASK = flags.DEFINE_enum(
@@ -35,8 +40,8 @@ _TASK = flags.DEFINE_enum(
     "Task (default: the checkpoint's task, or game24).")
 _DATA = flags.DEFINE_string(
     "data", None, "Task data file (game24: a Tree-of-Thoughts puzzle CSV, "
-    "default the bundled list, or the run's test split with --checkpoint; "
-    "gsm8k / math: JSONL).")
+    "default the benchmark's test puzzles, ranks 901-1000, or with "
+    "--checkpoint the run's own held-out split; gsm8k / math: JSONL).")
 _PREDICTIONS = flags.DEFINE_string(
     "predictions", None, "JSONL of {question, prediction} to grade.")
 _CHECKPOINT = flags.DEFINE_string(
@@ -63,9 +68,11 @@ def _key(question: str) -> str:
   return " ".join(question.split())
 
 
-def read_predictions(path, known: set[str]) -> dict[str, str]:
+def read_predictions(path, known: set[str], data_name: str = "the task data"
+                     ) -> dict[str, str]:
   """`{question key: prediction}`; ValueError naming file and line on a
-  malformed line, an unknown question or a repeated one."""
+  malformed line, a question not in `known` (from `data_name`) or a
+  repeated one."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no predictions file at {path}")
@@ -82,7 +89,7 @@ def read_predictions(path, known: set[str]) -> dict[str, str]:
                        f"'prediction' ({e})") from e
     key = _key(question)
     if key not in known:
-      raise ValueError(f"{where}: question not in the task data: "
+      raise ValueError(f"{where}: question not in {data_name}: "
                        f"{question[:80]!r}")
     if key in out:
       raise ValueError(f"{where}: second prediction for {question[:80]!r}")
@@ -145,11 +152,26 @@ def _main_checkpoint():
     print(f"RESULT accuracy_{r.method} {r.accuracy:.4f}")
 
 
+def prediction_problems(task: registry.Task, data: str | None
+                        ) -> list[registry.Problem]:
+  """The problems a predictions file is graded over: `data`'s, or for
+  game24 without `data` the benchmark's test puzzles (what papers report;
+  the whole bundled list would put 1,262 unasked puzzles in the
+  denominator)."""
+  if data is None and task.name == "game24":
+    return [registry.Problem(game24.question_text(p.numbers), p.numbers)
+            for p in game24.splits().test]
+  return task.load(data)
+
+
 def _main_predictions():
   task = registry.get_task(_TASK.value or "game24")
-  problems = task.load(_DATA.value)
-  predictions = read_predictions(_PREDICTIONS.value,
-                                 {_key(p.question) for p in problems})
+  problems = prediction_problems(task, _DATA.value)
+  data_name = _DATA.value or (
+      "the benchmark's test puzzles (ranks 901-1000; --data=FILE grades "
+      "others)" if task.name == "game24" else "the task data")
+  predictions = read_predictions(
+      _PREDICTIONS.value, {_key(p.question) for p in problems}, data_name)
   result = grade_predictions(task, problems, predictions)
   print(_table(("task", "problems", "predicted", "correct", "accuracy"),
                [(task.name, result["problems"], result["predicted"],

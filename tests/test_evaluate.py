@@ -27,9 +27,10 @@ def _run(*args):
 
 def test_game24_predictions_are_graded_by_the_exact_verifier(tmp_path):
   task = registry.get_task("game24")
-  problems = task.load(None)[:10]
+  problems = evaluate.prediction_problems(task, None)
+  assert len(problems) == 100  # the benchmark: ranks 901-1000
   rows = []
-  for i, p in enumerate(problems):
+  for i, p in enumerate(problems[:10]):
     steps = game24.solve(p.reference)
     text = "".join(s + "\n" for s in steps)
     if i % 3 == 0:  # a wrong answer: right syntax, not 24
@@ -38,9 +39,22 @@ def test_game24_predictions_are_graded_by_the_exact_verifier(tmp_path):
   preds = _write(tmp_path / "preds.jsonl", rows)
   out = _run("--task=game24", f"--predictions={preds}")
   assert out.returncode == 0, out.stderr
-  # 10 predicted, 6 right, out of all 1,362 bundled puzzles.
-  assert "RESULT accuracy_predictions 0.0044" in out.stdout
-  assert "1362" in out.stdout and "  10 |" in out.stdout
+  # 10 predicted, 6 right, out of the 100 test puzzles.
+  assert "RESULT accuracy_predictions 0.0600" in out.stdout
+  assert "game24 |      100 |        10 |       6 |" in out.stdout
+  # Other puzzles come from --data: here a file of just those ten.
+  csv = tmp_path / "ten.csv"
+  csv.write_text("Rank,Puzzles\n" + "".join(
+      f"{i},{' '.join(map(str, p.reference))}\n"
+      for i, p in enumerate(problems[:10], 1)))
+  out = _run("--task=game24", f"--data={csv}", f"--predictions={preds}")
+  assert "RESULT accuracy_predictions 0.6000" in out.stdout, out.stderr
+  # A puzzle outside the test ranks is refused, and the error says why.
+  outside = _write(tmp_path / "out.jsonl", [dict(
+      question=task.load(None)[0].question, prediction="")])
+  out = _run("--task=game24", f"--predictions={outside}")
+  assert out.returncode != 0 and "out.jsonl:1" in out.stderr
+  assert "ranks 901-1000" in out.stderr
 
 
 def test_gsm8k_predictions_match_questions_by_text(tmp_path):
