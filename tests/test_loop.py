@@ -135,14 +135,37 @@ def test_sigterm_saves_at_the_next_phase_boundary_and_exits_0(finished, tmp):
   assert _metrics(workdir) == _metrics(finished)
 
 
-def test_evaluate_checkpoint_prints_one_result_per_method(finished):
-  results = evaluate.evaluate_checkpoint(
-      finished, task_name=None, data=None, methods=("greedy", "sc"), budget=2)
-  assert [r.method for r in results] == ["greedy", "sc"]
+def _evaluate(tmp, *flags):
+  out = subprocess.run(
+      [sys.executable, "-m", "restmcts_jax.evaluate", *flags], cwd=ROOT,
+      env=_env(tmp), capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr
+  return out.stdout
+
+
+def test_evaluate_cli_prints_a_table_and_one_result_per_method(finished,
+                                                               tmp):
+  out = _evaluate(tmp, f"--checkpoint={finished}", "--methods=greedy,sc",
+                  "--budget=2")
+  assert "method | samples | accuracy" in out
   # The loop's own evaluation at the same budget saw the same numbers.
   last = _metrics(finished)[-1]
-  assert results[0].accuracy == last["accuracy_greedy"]
-  assert results[0].policy_tokens == last["tokens_greedy"]
+  assert f"RESULT accuracy_greedy {last['accuracy_greedy']:.4f}" in out
+  assert f"RESULT accuracy_sc {last['accuracy_sc']:.4f}" in out
+  assert f"{last['tokens_greedy']:.1f}" in out
+  # The same puzzles from a file given as --data: the same results.
+  config, *_ = experiment.restore(finished)
+  puzzles = [p.reference for p in
+             experiment.load_data(config, warm_start=False).test]
+  csv = tmp / "held_out.csv"
+  csv.write_text("Rank,Puzzles\n" + "".join(
+      f"{i},{' '.join(map(str, numbers))}\n"
+      for i, numbers in enumerate(puzzles, 1)))
+  on_file = _evaluate(tmp, f"--checkpoint={finished}", f"--data={csv}",
+                      "--methods=greedy,sc", "--budget=2")
+  results = lambda text: [l for l in text.splitlines()
+                          if l.startswith("RESULT")]
+  assert results(on_file) == results(out)
 
 
 def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
