@@ -2,6 +2,8 @@
 verifier, D_V / D_G from them, greedy evaluation, and a search with a real
 tokenizer and LM."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,7 @@ from restmcts_jax.tokenizer import SentencePieceTokenizer
 from tests import sums_task
 
 TASK = registry.get_task("game24")
+TASK_GSM8K = registry.get_task("gsm8k")
 PUZZLES = [(4, 9, 10, 13), (1, 2, 3, 4)]
 MAX_DEPTH, STEP = 4, 24
 
@@ -159,3 +162,30 @@ def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
   last_eval = len(selftrain.schedule(2)) - 1
   assert checkpoints.latest_step() == last_eval + 1  # the collect phase
   assert checkpoints.read_meta(last_eval)["metrics"] == second
+
+
+def test_rest_em_trains_the_policy_on_its_distinct_correct_samples(
+    tmp_path, monkeypatch):
+  config = sums_task.config(sums_task.write_data(tmp_path / "sums.jsonl"))
+  config.mode = "rest_em"
+  read = {}  # what policy SFT is given
+  policy_examples = selftrain._Loop._policy_examples
+  def spy(loop, traces, seed):
+    read.update(traces=list(traces), decode=loop.tokenizer.decode)
+    return policy_examples(loop, traces, seed)
+  monkeypatch.setattr(selftrain._Loop, "_policy_examples", spy)
+  m = selftrain.run(config, tmp_path / "run")[1]
+  assert m["search_solved"] > 0 and np.isfinite(m["policy_loss"])
+  # No process reward: no value records, no value training.
+  assert m["value_records"] == 0 and m["value_loss"] is None
+  traces = read["traces"]
+  assert len(traces) == m["traces"] == m["policy_traces"] > 0
+  per_question = {}
+  for row, qlen in traces:
+    question, solution = read["decode"](row[:qlen]), read["decode"](row[qlen:])
+    a, b = map(int, re.findall(r"\d+", question))
+    assert TASK_GSM8K.is_correct(solution, str(a + b)), solution
+    per_question.setdefault(question, []).append(tuple(row))
+  for rows in per_question.values():  # distinct, at most the cap each
+    assert len(set(rows)) == len(rows) <= config.train.traces_per_question
+  assert m["search_solved"] == len(per_question) / len(sums_task.SUMS)
