@@ -12,6 +12,8 @@ detects the cluster (Cloud TPU), or with explicit flags elsewhere:
         --num_processes=2 --process_id=0     # and --process_id=1 on the other
 """
 
+import ast
+import contextlib
 import logging as std_logging
 import sys
 
@@ -67,5 +69,21 @@ def main(argv):
                      for k, v in row.items()))
 
 
+def parse_flags(argv):
+  """absl's flag parsing, where a `--config.<key>` override naming no key
+  of the config stops with one line (ml_collections raises a KeyError or
+  AttributeError through absl, a traceback ending in the key)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    message = str(e.args[0] if e.args else e)
+    if message[:1] in "'\"":  # a KeyError's text, quoted once more
+      with contextlib.suppress(ValueError, SyntaxError):
+        message = ast.literal_eval(message)
+    message = " ".join(str(message).split())
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    sys.exit(f"error: {' '.join(overrides)}: no such config key {message}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -271,7 +271,10 @@ def test_an_unknown_config_key_is_named(tmp):
        str(tmp / "typo")], cwd=ROOT, capture_output=True, text=True,
       check=False)
   assert out.returncode != 0
-  assert "serach" in out.stderr
+  # One line, not a traceback: the flag, the key and the likely intent.
+  assert out.stderr.strip().splitlines() == [
+      "error: --config.serach.branch: no such config key 'serach' "
+      'Did you mean "search" instead of "serach"?']
 
 
 def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(
