@@ -305,13 +305,22 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int, *, where) -> None:
 def check_checkpoint_vocab(checkpoints, tokenizer: Tokenizer,
                            workdir) -> None:
   """ValueError naming the tokenizer when the latest checkpoint was trained
-  with another vocabulary (e.g. `tokenizer.model` was replaced)."""
-  saved = checkpoints.read_meta().get("vocab_size")
+  with another vocabulary (e.g. `tokenizer.model` was replaced): another
+  size, or (checkpoints that record it) other pieces."""
+  meta = checkpoints.read_meta()
+  saved = meta.get("vocab_size")
   if saved is not None and saved != tokenizer.vocab_size:
     raise ValueError(
         f"the tokenizer of {workdir} has {tokenizer.vocab_size} tokens but "
         f"the checkpoints in {checkpoints.directory} were trained with "
         f"{saved}: the tokenizer does not match the model")
+  saved = meta.get("tokenizer_fingerprint")
+  if saved is not None and saved != tokenizer.fingerprint():
+    raise ValueError(
+        f"the tokenizer of {workdir} has the size of the one the checkpoints "
+        f"in {checkpoints.directory} were trained with ({saved[:12]}...) but "
+        f"other pieces ({tokenizer.fingerprint()[:12]}...): the tokenizer "
+        "does not match the model")
 
 
 def sampler_config_for(config, tokenizer: Tokenizer) -> sampling.SamplerConfig:

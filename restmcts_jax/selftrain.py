@@ -674,6 +674,8 @@ def run(config, workdir,
     logging.info("resumed after phase %s of iteration %d from %s", name,
                  iteration, checkpoints.directory)
     loop.outputs.publish(meta, None)  # in case the last run died before it
+  # Checked against the checkpoints above; recorded for later runs.
+  meta["tokenizer_fingerprint"] = loop.tokenizer.fingerprint()
   try:
     with StopOnSignal() as stop:
       for index in range(meta["phase"] + 1, len(phases)):

@@ -10,6 +10,8 @@ Two implementations:
 """
 
 import abc
+import hashlib
+import json
 from collections.abc import Iterable
 import os
 import pathlib
@@ -69,6 +71,11 @@ class Tokenizer(abc.ABC):
   @abc.abstractmethod
   def eos_id(self) -> int:
     """End-of-sequence id."""
+
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """A hash of the whole vocabulary: two tokenizers of one size that map
+    ids to other pieces differ here."""
 
   def token_id(self, piece: str) -> int:
     """Id of `piece`, which must encode to exactly one token (e.g. "\\n")."""
@@ -219,6 +226,10 @@ class SentencePieceTokenizer(Tokenizer):
   def eos_id(self) -> int:
     return self._sp.eos_id()
 
+  def fingerprint(self) -> str:
+    pieces = "\0".join(self._sp.id_to_piece(i) for i in range(self.vocab_size))
+    return hashlib.sha256(pieces.encode()).hexdigest()
+
 
 class HFTokenizer(Tokenizer):
   """A Hugging Face tokenizer loaded from a local folder."""
@@ -270,6 +281,10 @@ class HFTokenizer(Tokenizer):
   @property
   def eos_id(self) -> int:
     return self._tok.eos_token_id
+
+  def fingerprint(self) -> str:
+    vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
 def load_tokenizer(path: PathLike) -> Tokenizer:

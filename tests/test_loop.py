@@ -246,12 +246,18 @@ def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
                                                                    tmp):
   workdir = _copy(finished, tmp, "other_tokenizer")
   texts = [f"{a} + {b} = {a + b}\n" for a in range(30) for b in range(30)]
-  SentencePieceTokenizer.train(texts, workdir / "tokenizer", vocab_size=300)
-  with pytest.raises(ValueError, match="tokenizer does not match the model"):
-    selftrain.run(_config(), workdir)
-  with pytest.raises(ValueError, match="tokenizer does not match the model"):
-    evaluate.evaluate_checkpoint(workdir, task_name=None, data=None,
-                                 methods=("greedy",), budget=1)
+  words = [f"{a} times {b} makes {a * b} apples\n"
+           for a in range(40) for b in range(40)]
+  same_size = SentencePieceTokenizer.load(
+      finished / "tokenizer.model").vocab_size
+  for corpus, size in [(texts, 300), (words, same_size)]:
+    SentencePieceTokenizer.train(corpus, workdir / "tokenizer",
+                                 vocab_size=size)
+    with pytest.raises(ValueError, match="tokenizer does not match the model"):
+      selftrain.run(_config(), workdir)
+    with pytest.raises(ValueError, match="tokenizer does not match the model"):
+      evaluate.evaluate_checkpoint(workdir, task_name=None, data=None,
+                                   methods=("greedy",), budget=1)
 
 
 def test_a_malformed_data_line_is_named(tmp):

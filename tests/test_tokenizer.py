@@ -141,10 +141,14 @@ def test_sp_training_is_deterministic(sp_tok, tmp_path):
   )
   for text in GAME24_TEXTS:
     assert again.encode(text) == sp_tok.encode(text)
+  assert again.fingerprint() == sp_tok.fingerprint()
   other = tokenizer_lib.SentencePieceTokenizer.train(
       _game24_corpus(seed=1), tmp_path / "other", vocab_size=SP_VOCAB_SIZE
   )
   assert other.decode(other.encode(GAME24_TEXTS[1])) == GAME24_TEXTS[1]
+  # Another corpus, the same size: other pieces, so another fingerprint.
+  assert other.vocab_size == sp_tok.vocab_size
+  assert other.fingerprint() != sp_tok.fingerprint()
 
 
 def test_sp_load_and_load_tokenizer(sp_tok, tmp_path):
@@ -231,10 +235,14 @@ def test_hf_special_ids_newline_and_wrapping(hf_tok):
     hf_tok.token_id("Answer: 24")
 
 
-def test_hf_load_tokenizer_picks_hf(hf_folder, hf_tok):
+def test_hf_load_tokenizer_picks_hf(hf_folder, hf_tok, tmp_path):
   loaded = tokenizer_lib.load_tokenizer(hf_folder)
   assert isinstance(loaded, tokenizer_lib.HFTokenizer)
   assert loaded.encode(GAME24_TEXTS[0]) == hf_tok.encode(GAME24_TEXTS[0])
+  assert loaded.fingerprint() == hf_tok.fingerprint()
+  without_bos = tokenizer_lib.HFTokenizer(_save_hf_tokenizer(
+      tmp_path / "other", pad_token="<pad>", eos_token="</s>"))
+  assert without_bos.fingerprint() != hf_tok.fingerprint()
 
 
 def test_hf_pad_falls_back_to_eos(tmp_path):
