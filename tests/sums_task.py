@@ -1,4 +1,4 @@
-"""A GSM8K-format addition task the tiny model learns in its warm start, so a
+"""A GSM8K- (or MATH-) format addition task the tiny model learns in its warm start, so a
 short search finds correct solutions with the real verifier and both models
 train on what it found."""
 
@@ -14,12 +14,15 @@ OVERRIDES = {
 }
 
 
-def write_data(path):
-  """Writes the problems as GSM8K JSONL to `path` and returns it."""
-  path.write_text("".join(
-      json.dumps(dict(question=f"What is {a} + {b}?",
-                      answer=f"{a} + {b} = {a + b}\n#### {a + b}")) + "\n"
-      for a, b in SUMS))
+def write_data(path, task="gsm8k"):
+  """Writes the problems as GSM8K (or MATH) JSONL to `path`, returns it."""
+  def row(a, b):
+    if task == "math":
+      return dict(problem=f"What is {a} + {b}?", solution=(
+          f"{a} + {b} = {a + b}\nSo it is $\\boxed{{{a + b}}}$."))
+    return dict(question=f"What is {a} + {b}?",
+                answer=f"{a} + {b} = {a + b}\n#### {a + b}")
+  path.write_text("".join(json.dumps(row(a, b)) + "\n" for a, b in SUMS))
   return path
 
 
@@ -29,10 +32,10 @@ def flags(data) -> list[str]:
       f"--config.data.train={data}", f"--config.data.test={data}"]
 
 
-def config(data):
+def config(data, task="gsm8k"):
   """`configs/tiny.py` with the overrides and the data files."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
   out = tiny.get_config()
-  out.update_from_flattened_dict(OVERRIDES)
+  out.update_from_flattened_dict({**OVERRIDES, "task": task})
   out.data.train = out.data.test = str(data)
   return out

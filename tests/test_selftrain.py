@@ -24,7 +24,7 @@ from restmcts_jax.tokenizer import SentencePieceTokenizer
 from tests import sums_task
 
 TASK = registry.get_task("game24")
-TASK_GSM8K = registry.get_task("gsm8k")
+TASK_MATH = registry.get_task("math")
 PUZZLES = [(4, 9, 10, 13), (1, 2, 3, 4)]
 MAX_DEPTH, STEP = 4, 24
 
@@ -166,7 +166,10 @@ def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
 
 def test_rest_em_trains_the_policy_on_its_distinct_correct_samples(
     tmp_path, monkeypatch):
-  config = sums_task.config(sums_task.write_data(tmp_path / "sums.jsonl"))
+  # On MATH-format files: the math task's loading, steps and math-verify
+  # grading through the whole loop.
+  config = sums_task.config(
+      sums_task.write_data(tmp_path / "sums.jsonl", task="math"), task="math")
   config.mode = "rest_em"
   read = {}  # what policy SFT is given
   policy_examples = selftrain._Loop._policy_examples
@@ -184,7 +187,8 @@ def test_rest_em_trains_the_policy_on_its_distinct_correct_samples(
   for row, qlen in traces:
     question, solution = read["decode"](row[:qlen]), read["decode"](row[qlen:])
     a, b = map(int, re.findall(r"\d+", question))
-    assert TASK_GSM8K.is_correct(solution, str(a + b)), solution
+    assert TASK_MATH.is_correct(solution, str(a + b)), solution
+    assert solution.rstrip().endswith(f"Answer: \\boxed{{{a + b}}}")
     per_question.setdefault(question, []).append(tuple(row))
   for rows in per_question.values():  # distinct, at most the cap each
     assert len(set(rows)) == len(rows) <= config.train.traces_per_question
