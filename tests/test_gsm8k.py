@@ -8,9 +8,8 @@ import pytest
 
 from restmcts_jax.tasks import gsm8k
 
-# The shared data folder lies beside the repository.
-SAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-          / "gsm8k_train_sample.jsonl")
+SAMPLE = (pathlib.Path(__file__).resolve().parent / "data"
+    / "gsm8k_train_sample.jsonl")
 
 
 @pytest.fixture(scope="module")

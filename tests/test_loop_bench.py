@@ -16,7 +16,7 @@ import pytest
 from configs import gsm8k_qwen2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "gsm8k_train_sample.jsonl"
+SAMPLE = ROOT / "tests" / "data" / "gsm8k_train_sample.jsonl"
 _spec = importlib.util.spec_from_file_location("bench_loop",
                                                ROOT / "bench" / "loop.py")
 loop = importlib.util.module_from_spec(_spec)

@@ -17,9 +17,8 @@ from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 from restmcts_jax.tasks import tfds_builders
 
-# The shared data folder lies beside the repository.
-SAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-          / "gsm8k_train_sample.jsonl")
+SAMPLE = (pathlib.Path(__file__).resolve().parent / "data"
+    / "gsm8k_train_sample.jsonl")
 NUM_GSM8K_TRAIN = 250  # Of the sample's 300 rows; the rest are the test split.
 MATH_TRAIN = [
     {"problem": "What is $1+1$?", "solution": "We add. $1+1=\\boxed{2}$."},
