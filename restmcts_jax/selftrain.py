@@ -192,7 +192,11 @@ class Outputs:
     self._writer = None
     self._events = None  # local folder of the events of a URL workdir
 
-  def publish(self, meta: dict, new_row: dict | None) -> None:
+  def publish(self, meta: dict, new_row: dict | None,
+              resumed: bool = False) -> None:
+    """Rewrites the files from `meta`; adds `new_row` to TensorBoard, or
+    every row when `resumed` (a run killed between its checkpoint and its
+    events lost that row; steps written twice hold the same values)."""
     if not self.enabled:
       return
     paths.write_atomic(self.workdir / "metrics.jsonl", "".join(
@@ -208,8 +212,8 @@ class Outputs:
     plots.accuracy_vs_budget(
         curve, self.workdir / "plots" / "accuracy_vs_budget.png",
         title=f"Accuracy vs token budget, iteration {last}")
-    if new_row is not None:
-      self._tensorboard(new_row)
+    for row in meta["metrics"] if resumed else filter(None, [new_row]):
+      self._tensorboard(row)
 
   def _tensorboard(self, row: dict) -> None:
     if self._writer is None:
@@ -673,7 +677,8 @@ def run(config, workdir,
         phases) else ("end", config.iterations)
     logging.info("resumed after phase %s of iteration %d from %s", name,
                  iteration, checkpoints.directory)
-    loop.outputs.publish(meta, None)  # in case the last run died before it
+    loop.outputs.publish(meta, None, resumed=True)  # the last run may have
+    # died before it
   # Checked against the checkpoints above; recorded for later runs.
   meta["tokenizer_fingerprint"] = loop.tokenizer.fingerprint()
   try:

@@ -120,6 +120,33 @@ def test_sigkill_anywhere_then_rerun_gives_the_same_metrics(finished, tmp,
   assert _metrics(workdir) == _metrics(finished)
 
 
+def _scalars(workdir) -> dict[tuple[str, int], float]:
+  """`{(tag, step): value}` of the TensorBoard event files of a workdir."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+    data, i = path.read_bytes(), 0
+    while i < len(data):  # TFRecords: length, its crc, the record, its crc
+      length = int.from_bytes(data[i:i + 8], "little")
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      i += 16 + length
+      for value in event.summary.value:
+        out[value.tag, event.step] = value.simple_value
+  return out
+
+
+def test_a_rerun_restores_tensorboard_events_a_kill_lost(finished, tmp):
+  workdir = _copy(finished, tmp, "lost_events")
+  shutil.rmtree(workdir / "tensorboard")  # killed after its last checkpoint
+  code, out = _finish(_main(workdir, tmp))
+  assert code == 0, out
+  scalars = _scalars(workdir)
+  assert scalars == _scalars(finished)
+  for row in _metrics(finished):
+    assert scalars["accuracy_greedy", row["iteration"]] == pytest.approx(
+        row["accuracy_greedy"])
+
+
 def test_sigterm_saves_at_the_next_phase_boundary_and_exits_0(finished, tmp):
   workdir = tmp / "preempted"
   process = _main(workdir, tmp)
