@@ -12,10 +12,10 @@ tree-inferred Eq. 1-2 labels are exact (132,860 records); from random
 solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
-cores (measured alone, 22-25 min in all) the warm start takes ~14 min (policy
-and value), the iteration-0 evaluation 1.2, an iteration ~2.5 (search of 256
-puzzles 0.6-0.8, training 0.9, evaluation of the five methods 0.9), the last
-one's budget sweep 2.8.
+cores (15-17 min in all, latest runs; earlier machines took 22-25) the warm
+start takes ~9 min (policy and value), the iteration-0 evaluation 0.6, an
+iteration ~1.3 (search of 256 puzzles 0.3-0.4, training 0.5, evaluation of
+the five methods 0.4), the last one's budget sweep 1.2 more.
 """
 
 import ml_collections
@@ -30,7 +30,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 3  # 22-25 min on 2 cores
+  config.iterations = 3  # 15-17 min on 2 cores
   config.question_width = 16  # tokens of a question
   # Training mesh: data-parallel over every device, and parameters sharded
   # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
