@@ -52,7 +52,8 @@ _METHODS = flags.DEFINE_string(
     "With --checkpoint: methods, comma-separated.")
 _BUDGET = flags.DEFINE_integer(
     "budget", 4, "With --checkpoint: budget in CoT samples (SC/BoN N; ToT "
-    "beam N/b; MCTS* stops after N greedy solutions' tokens).")
+    "beam sized to N solutions' steps; MCTS* stops after N greedy "
+    "solutions' tokens).")
 _NUM_PROBLEMS = flags.DEFINE_integer(
     "num_problems", 0, "With --checkpoint: evaluate the first N problems "
     "(0: all).")

@@ -4,10 +4,12 @@ accounting, and the order of `evaluate`'s results."""
 
 import dataclasses
 
+import hypothesis
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import strategies as st
 
 from configs import tiny
 from restmcts_jax import evaluation
@@ -414,3 +416,34 @@ def test_evaluating_in_batches_gives_the_same_results(memorized, untrained,
     for a, b in zip(whole, batched):
       assert a.row() == b.row() and a.solutions == b.solutions, a.method
       assert len(b.solutions) == len(problems)
+
+
+@pytest.mark.parametrize("samples, branch, max_depth, beam", [
+    (2, 2, 4, 1),   # 2 + 2 + 2 + 2 = 8 steps = 2 solutions of 4
+    (4, 2, 4, 2),   # 2 + 4 + 4 + 4 = 14 against 16 (3 entries: 18, a tie)
+    (8, 2, 4, 8),   # 2 + 4 + 8 + 16 = 30, all the tree has (N / b = 4: 22)
+    (4, 3, 4, 1),   # 3 + 3 + 3 + 3 = 12 against 16 (2 entries: 21)
+    (1, 2, 4, 1),   # at least one entry
+    (6, 3, 1, 1),   # one step deep: the root's 3 samples, whatever k
+])
+def test_tot_beam_matches_the_steps_of_n_solutions(samples, branch,
+                                                   max_depth, beam):
+  assert evaluation.tot_beam(samples, branch, max_depth) == beam
+
+
+@hypothesis.given(samples=st.integers(1, 64), branch=st.integers(1, 5),
+                  max_depth=st.integers(1, 12))
+def test_tot_beam_steps_are_the_nearest_to_the_budget(samples, branch,
+                                                      max_depth):
+  def steps(k):  # the beam fills level by level from the root
+    alive, total = 1, 0
+    for _ in range(max_depth):
+      total += alive * branch
+      alive = min(k, alive * branch)
+    return total
+  k = evaluation.tot_beam(samples, branch, max_depth)
+  target = samples * max_depth
+  assert k >= 1 and steps(k) == evaluation.tot_search_steps(
+      k, branch, max_depth)
+  assert all(abs(steps(k) - target) <= abs(steps(j) - target)
+             for j in range(1, target + 2))
