@@ -179,7 +179,7 @@ def measure(config, model: transformer_lib.TransformerConfig,
       rows.append(_row(f"eval {method}", f"{n} questions x {samples}",
                        lowered))
   if "tot" in calls:
-    beam = max(1, budget // context.tot_branch)
+    beam = evaluation.tot_beam(budget, context.tot_branch, context.max_depth)
     lowered = evaluation._tot.lower(  # pylint: disable=protected-access
         models_graph, search_state, *questions(n), sampler_config=sampler,
         beam_width=beam, branch=context.tot_branch, **common)

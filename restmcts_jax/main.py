@@ -71,8 +71,10 @@ def main(argv):
 
 def parse_flags(argv):
   """absl's flag parsing, where a `--config.<key>` override naming no key
-  of the config stops with one line (ml_collections raises a KeyError or
-  AttributeError through absl, a traceback ending in the key)."""
+  of the config stops with one line naming that override (ml_collections
+  raises a KeyError or AttributeError through absl: a traceback ending in
+  the key). Other errors, e.g. from the config file itself, go on as
+  they are."""
   try:
     return app.parse_flags_with_usage(argv)
   except (KeyError, AttributeError) as e:
@@ -81,8 +83,12 @@ def parse_flags(argv):
       with contextlib.suppress(ValueError, SyntaxError):
         message = ast.literal_eval(message)
     message = " ".join(str(message).split())
-    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    sys.exit(f"error: {' '.join(overrides)}: no such config key {message}")
+    key = message.split("'")[1] if message.count("'") >= 2 else None
+    culprits = [a.split("=")[0] for a in argv if key and a.startswith(
+        "--config.") and key in a.split("=")[0].split(".")[1:]]
+    if not culprits:
+      raise
+    sys.exit(f"error: {culprits[0]}: no such config key {message}")
 
 
 if __name__ == "__main__":

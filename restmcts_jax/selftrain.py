@@ -195,8 +195,9 @@ class Outputs:
   def publish(self, meta: dict, new_row: dict | None,
               resumed: bool = False) -> None:
     """Rewrites the files from `meta`; adds `new_row` to TensorBoard, or
-    every row when `resumed` (a run killed between its checkpoint and its
-    events lost that row; steps written twice hold the same values)."""
+    when `resumed` every row, in an events file that tells TensorBoard to
+    drop the earlier files' steps (a run killed between its checkpoint and
+    its events lost that row; rewritten, no step shows twice)."""
     if not self.enabled:
       return
     paths.write_atomic(self.workdir / "metrics.jsonl", "".join(
@@ -213,16 +214,18 @@ class Outputs:
         curve, self.workdir / "plots" / "accuracy_vs_budget.png",
         title=f"Accuracy vs token budget, iteration {last}")
     for row in meta["metrics"] if resumed else filter(None, [new_row]):
-      self._tensorboard(row)
+      self._tensorboard(row, purge=resumed)
 
-  def _tensorboard(self, row: dict) -> None:
+  def _tensorboard(self, row: dict, purge: bool = False) -> None:
     if self._writer is None:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       folder = self.workdir / "tensorboard"
       if paths.is_url(self.workdir):
         self._events = tempfile.TemporaryDirectory()
         folder = self._events.name
-      self._writer = tensorboardX.SummaryWriter(str(folder))
+      # purge_step: TensorBoard hides earlier files' events from step 0 on.
+      self._writer = tensorboardX.SummaryWriter(
+          str(folder), purge_step=0 if purge else None)
     for key, value in row.items():
       if isinstance(value, (int, float)) and key != "iteration":
         self._writer.add_scalar(key, value, row["iteration"])
@@ -679,7 +682,8 @@ def run(config, workdir,
                  iteration, checkpoints.directory)
     loop.outputs.publish(meta, None, resumed=True)  # the last run may have
     # died before it
-  # Checked against the checkpoints above; recorded for later runs.
+  # Checked against the checkpoints above where they record one (those
+  # written before fingerprints were checked by size only); recorded now.
   meta["tokenizer_fingerprint"] = loop.tokenizer.fingerprint()
   try:
     with StopOnSignal() as stop:

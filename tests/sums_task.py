@@ -1,6 +1,6 @@
-"""A GSM8K- (or MATH-) format addition task the tiny model learns in its warm start, so a
-short search finds correct solutions with the real verifier and both models
-train on what it found."""
+"""A GSM8K- (or MATH-) format addition task the tiny model learns in its
+warm start, so a short search finds correct solutions with the real verifier
+and both models train on what it found."""
 
 import json
 

@@ -6,8 +6,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from restmcts_jax import evaluation
 from restmcts_jax import sampling
 from restmcts_jax.search import baselines
 from restmcts_jax.search import mcts_star
@@ -130,3 +132,25 @@ def test_greedy_cot_with_a_language_model_equals_repeated_greedy_steps():
       if bool(step.is_final[0]):
         break
     assert list(np.asarray(out.tokens[b, :out.lengths[b]])) == seq
+
+
+@pytest.mark.parametrize("beam, branch, max_depth", [
+    (1, 2, 4), (2, 2, 4), (5, 2, 4), (8, 2, 4), (3, 3, 3), (4, 1, 5)])
+def test_tot_bfs_samples_the_steps_its_budget_counts_on(beam, branch,
+                                                        max_depth):
+  """`evaluation.tot_beam` sizes the beam by `tot_search_steps`: what
+  `tot_bfs` samples when no entry finishes early (one-token steps here)."""
+  def never_finishing(prefix, lengths, keys, num_samples):
+    proposals = toy_models.policy_fn(prefix, lengths, keys, num_samples)
+    rows = proposals.lengths.shape[0]
+    return proposals.replace(
+        tokens=proposals.tokens.at[:, 1].set(0),
+        lengths=jnp.ones((rows,), jnp.int32),
+        is_final=jnp.zeros((rows,), bool))
+  q, ql = _questions()
+  beams, _ = baselines.tot_bfs(
+      never_finishing, toy_models.value_fn, q, ql, _keys(), beam_width=beam,
+      branch=branch, max_depth=max_depth, max_step_len=S)
+  np.testing.assert_array_equal(
+      beams.policy_tokens,
+      evaluation.tot_search_steps(beam, branch, max_depth))

@@ -65,6 +65,8 @@ def test_steps_from_answer():
     ("The answer is: -$3.50", "-3.5"),
     ("The answer is: 0.50", "0.5"),
     ("The answer is: .25", "0.25"),
+    ("The answer is: 1.000000000000000000000000000010",  # past 28 digits
+     "1.00000000000000000000000000001"),
     ("The answer is: 3/4", "3/4"),
     ("The answer is: 6/3", "2"),
     ("The answer is: 100", "100"),
@@ -91,6 +93,7 @@ def test_extract_answer(text, expected):
     ("The answer is: -5", "5", False),
     ("It is 18.", "18", False),
     ("The answer is: 1.5/2", "3", False),
+    ("The answer is: 1.00000000000000000000000000001", "1", False),
 ])
 def test_is_correct(prediction, reference, expected):
   assert gsm8k.is_correct(prediction, reference) is expected

@@ -120,31 +120,40 @@ def test_sigkill_anywhere_then_rerun_gives_the_same_metrics(finished, tmp,
   assert _metrics(workdir) == _metrics(finished)
 
 
-def _scalars(workdir) -> dict[tuple[str, int], float]:
-  """`{(tag, step): value}` of the TensorBoard event files of a workdir."""
+def _scalars(workdir) -> list[tuple[str, int, float]]:
+  """`(tag, step, value)` of a workdir's TensorBoard events as TensorBoard
+  shows them: files in the order written, a session start at step s
+  dropping the earlier events at steps >= s."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  out = {}
-  for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+  out = []
+  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
     data, i = path.read_bytes(), 0
     while i < len(data):  # TFRecords: length, its crc, the record, its crc
       length = int.from_bytes(data[i:i + 8], "little")
       event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
       i += 16 + length
-      for value in event.summary.value:
-        out[value.tag, event.step] = value.simple_value
+      if event.session_log.status == event_pb2.SessionLog.START:
+        out = [s for s in out if s[1] < event.step]
+      out += [(v.tag, event.step, v.simple_value)
+              for v in event.summary.value]
   return out
 
 
 def test_a_rerun_restores_tensorboard_events_a_kill_lost(finished, tmp):
-  workdir = _copy(finished, tmp, "lost_events")
-  shutil.rmtree(workdir / "tensorboard")  # killed after its last checkpoint
-  code, out = _finish(_main(workdir, tmp))
-  assert code == 0, out
-  scalars = _scalars(workdir)
-  assert scalars == _scalars(finished)
-  for row in _metrics(finished):
-    assert scalars["accuracy_greedy", row["iteration"]] == pytest.approx(
-        row["accuracy_greedy"])
+  lost = _copy(finished, tmp, "lost_events")
+  shutil.rmtree(lost / "tensorboard")  # killed after its last checkpoint
+  kept = _copy(finished, tmp, "kept_events")  # or not
+  for workdir in (lost, kept):
+    code, out = _finish(_main(workdir, tmp))
+    assert code == 0, out
+    scalars = _scalars(workdir)
+    assert sorted(scalars) == sorted(_scalars(finished))
+    assert len({(tag, step) for tag, step, _ in scalars}) == len(scalars)
+    for row in _metrics(finished):
+      assert (("accuracy_greedy", row["iteration"], pytest.approx(
+          row["accuracy_greedy"])) in scalars)
+  # The rerun wrote every row again, but TensorBoard shows each once.
+  assert len(list((kept / "tensorboard").glob("events.*"))) == 2
 
 
 def test_sigterm_saves_at_the_next_phase_boundary_and_exits_0(finished, tmp):
@@ -179,7 +188,10 @@ def test_evaluate_cli_prints_a_table_and_one_result_per_method(finished,
   last = _metrics(finished)[-1]
   assert f"RESULT accuracy_greedy {last['accuracy_greedy']:.4f}" in out
   assert f"RESULT accuracy_sc {last['accuracy_sc']:.4f}" in out
-  assert f"{last['tokens_greedy']:.1f}" in out
+  greedy_row = next(l for l in out.splitlines() if l.startswith("greedy"))
+  cells = [cell.strip() for cell in greedy_row.split("|")]
+  assert cells[2:5] == [f"{last['accuracy_greedy']:.3f}", "-",
+                        f"{last['tokens_greedy']:.1f}"]
   # The same puzzles from a file given as --data: the same results.
   config, *_ = experiment.restore(finished)
   puzzles = [p.reference for p in
@@ -277,10 +289,11 @@ def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
            for a in range(40) for b in range(40)]
   same_size = SentencePieceTokenizer.load(
       finished / "tokenizer.model").vocab_size
-  for corpus, size in [(texts, 300), (words, same_size)]:
+  for corpus, size, why in [(texts, 300, "were trained with 400"),
+                            (words, same_size, "but other pieces")]:
     SentencePieceTokenizer.train(corpus, workdir / "tokenizer",
                                  vocab_size=size)
-    with pytest.raises(ValueError, match="tokenizer does not match the model"):
+    with pytest.raises(ValueError, match=why):
       selftrain.run(_config(), workdir)
     with pytest.raises(ValueError, match="tokenizer does not match the model"):
       evaluate.evaluate_checkpoint(workdir, task_name=None, data=None,
@@ -308,6 +321,16 @@ def test_an_unknown_config_key_is_named(tmp):
   assert out.stderr.strip().splitlines() == [
       "error: --config.serach.branch: no such config key 'serach' "
       'Did you mean "search" instead of "serach"?']
+  # Among several overrides, the one at fault; a deeper key likewise.
+  out = subprocess.run(
+      [sys.executable, "-m", "restmcts_jax.main", "--config",
+       "configs/tiny.py", "--config.iterations=2", "--config.eval.bugdet=3",
+       "--workdir", str(tmp / "typo")], cwd=ROOT, capture_output=True,
+      text=True, check=False)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+      "error: --config.eval.bugdet: no such config key 'bugdet' "
+      'Did you mean "budget" instead of "bugdet"?']
 
 
 def test_a_url_workdir_runs_resumes_and_evaluates_like_a_local_one(

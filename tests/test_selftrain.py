@@ -171,6 +171,8 @@ def test_rest_em_trains_the_policy_on_its_distinct_correct_samples(
   config = sums_task.config(
       sums_task.write_data(tmp_path / "sums.jsonl", task="math"), task="math")
   config.mode = "rest_em"
+  # 4 samples per question, at most 1 kept: the cap has work to do.
+  config.rest_em.num_samples, config.train.traces_per_question = 4, 1
   read = {}  # what policy SFT is given
   policy_examples = selftrain._Loop._policy_examples
   def spy(loop, traces, seed):

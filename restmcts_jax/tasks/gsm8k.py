@@ -53,7 +53,8 @@ def normalize_number(number: str) -> str:
     return str(value.numerator)
   if "/" in text:
     return str(value)
-  return format(decimal.Decimal(text).normalize(), "f")
+  # Trailing zeros dropped by hand: `Decimal.normalize` rounds to 28 digits.
+  return format(decimal.Decimal(text), "f").rstrip("0").rstrip(".")
 
 
 def extract_answer(text: str) -> str | None:
