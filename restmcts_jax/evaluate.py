@@ -154,23 +154,21 @@ def _main_checkpoint():
 
 
 def prediction_problems(task: registry.Task, data: str | None
-                        ) -> list[registry.Problem]:
-  """The problems a predictions file is graded over: `data`'s, or for
-  game24 without `data` the benchmark's test puzzles (what papers report;
-  the whole bundled list would put 1,262 unasked puzzles in the
-  denominator)."""
+                        ) -> tuple[list[registry.Problem], str]:
+  """The problems a predictions file is graded over, and what to call them:
+  `data`'s, or for game24 without `data` the benchmark's test puzzles (what
+  papers report; the whole bundled list would put 1,262 unasked puzzles in
+  the denominator)."""
   if data is None and task.name == "game24":
-    return [registry.Problem(game24.question_text(p.numbers), p.numbers)
-            for p in game24.splits().test]
-  return task.load(data)
+    return ([registry.game24_problem(p) for p in game24.splits().test],
+            "the benchmark's test puzzles (ranks 901-1000; --data=FILE "
+            "grades others)")
+  return task.load(data), data or "the task data"
 
 
 def _main_predictions():
   task = registry.get_task(_TASK.value or "game24")
-  problems = prediction_problems(task, _DATA.value)
-  data_name = _DATA.value or (
-      "the benchmark's test puzzles (ranks 901-1000; --data=FILE grades "
-      "others)" if task.name == "game24" else "the task data")
+  problems, data_name = prediction_problems(task, _DATA.value)
   predictions = read_predictions(
       _PREDICTIONS.value, {_key(p.question) for p in problems}, data_name)
   result = grade_predictions(task, problems, predictions)

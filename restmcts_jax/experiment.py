@@ -78,14 +78,12 @@ def load_data(config, *, warm_start: bool = True) -> Data:
   task = registry.get_task(config.task)
   if config.task == "game24":
     splits = game24.splits(seed=config.seed)
-    to_problem = lambda p: registry.Problem(game24.question_text(p.numbers),
-                                            p.numbers)
     if config.eval.split not in ("test", "validation"):
       raise ValueError(f"config.eval.split={config.eval.split!r}: choose "
                        "'test' or 'validation'")
     held_out = getattr(splits, config.eval.split)[:config.eval.num_test]
-    train = tuple(map(to_problem, splits.train))
-    test = tuple(map(to_problem, held_out))
+    train = tuple(map(registry.game24_problem, splits.train))
+    test = tuple(map(registry.game24_problem, held_out))
     if not warm_start:
       return Data(train, test, (), ())
     warmstart = game24.warmstart_corpus(

@@ -27,7 +27,7 @@ def _run(*args):
 
 def test_game24_predictions_are_graded_by_the_exact_verifier(tmp_path):
   task = registry.get_task("game24")
-  problems = evaluate.prediction_problems(task, None)
+  problems, _ = evaluate.prediction_problems(task, None)
   assert len(problems) == 100  # the benchmark: ranks 901-1000
   rows = []
   for i, p in enumerate(problems[:10]):

@@ -48,9 +48,14 @@ class Task:
   extract_answer: Callable[[str], Hashable | None]
 
 
+def game24_problem(puzzle: game24.Puzzle) -> Problem:
+  """A Game of 24 puzzle as a problem: its question, its numbers to check
+  an answer against."""
+  return Problem(game24.question_text(puzzle.numbers), puzzle.numbers)
+
+
 def _load_game24(path):
-  return [Problem(game24.question_text(p.numbers), p.numbers)
-          for p in game24.load_tot_csv(path)]
+  return [game24_problem(p) for p in game24.load_tot_csv(path)]
 
 
 def _load_jsonl(module):
