@@ -45,7 +45,7 @@ def main():
   def label(bucket_shapes):
     jax.clear_caches()
     start = time.perf_counter()
-    rows, targets = experiment.initial_value_records(
+    rows, targets, _ = experiment.initial_value_records(
         config, data, tokenizer, bucket_shapes=bucket_shapes)
     return time.perf_counter() - start, rows, targets
 

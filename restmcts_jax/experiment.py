@@ -112,9 +112,10 @@ def load_data(config, *, warm_start: bool = True) -> Data:
   return Data(train, test, warmstart, references)
 
 
-def initial_value_records(config, data: Data, tokenizer: Tokenizer,
-                          **options) -> tuple[list[list[int]], list[float]]:
-  """`D_V0`: the value records (token rows, Eq. 1-2 targets) inferred from
+def initial_value_records(
+    config, data: Data, tokenizer: Tokenizer, **options
+) -> tuple[list[list[int]], list[float], list[int]]:
+  """`D_V0`: the value records (token rows, Eq. 1-2 targets, depths) from
   `data.value_warmstart`'s solutions of the training problems, labelled by
   the task's oracle; `options` go to `initial_values.solution_records`."""
   task = registry.get_task(config.task)

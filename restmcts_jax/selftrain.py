@@ -428,8 +428,8 @@ class _Loop:
     """`D_V0`: value records inferred from the warm-start solutions (the same
     every time: the data is regenerated from the seed, not checkpointed)."""
     start = time.perf_counter()
-    rows, targets = experiment.initial_value_records(self.config, self.data,
-                                                     self.tokenizer)
+    rows, targets, _ = experiment.initial_value_records(
+        self.config, self.data, self.tokenizer)
     logging.info("D_V0: %d value records in %.1f s", len(rows),
                  time.perf_counter() - start)
     return rows, targets

@@ -15,11 +15,14 @@ NEWLINE = ord("\n")
 def _records(questions, solutions, references, is_correct, **kwargs):
   """Character-level tokenizer: a step is one line."""
   kwargs = dict(question_width=8, max_step_len=4, max_depth=4) | kwargs
-  rows, targets = initial_values.solution_records(
+  rows, targets, depths = initial_values.solution_records(
       questions, solutions, references, encode=lambda t: list(map(ord, t)),
       decode=lambda ids: "".join(map(chr, ids)), is_correct=is_correct,
       delimiter_ids=[NEWLINE], **kwargs)
-  return {"".join(map(chr, r)): v for r, v in zip(rows, targets)}
+  texts = ["".join(map(chr, r)) for r in rows]
+  # A record's depth: the lines after the question's.
+  assert depths == [t.count("\n") - 1 for t in texts]
+  return dict(zip(texts, targets))
 
 
 def test_spec_worked_example():
@@ -123,7 +126,7 @@ def test_game24_random_solutions_reach_24_sometimes_and_give_records():
              for p, sols in zip(puzzles, solutions) for s in sols]
   assert all(len(t.strip().split("\n")) == 5 for t in texts)
   assert 0.002 < np.mean(correct) < 0.1
-  rows, targets = initial_values.solution_records(
+  rows, targets, _ = initial_values.solution_records(
       [game24.question_text(p.numbers) for p in puzzles], solutions,
       [p.numbers for p in puzzles], encode=lambda t: list(map(ord, t)),
       decode=lambda ids: "".join(map(chr, ids)),

@@ -50,6 +50,7 @@ def test_value_records_hold_each_labelled_node_with_its_target():
     assert records.question[r] == b
     assert list(records.tokens[r, :records.lengths[r]]) == _prefix(tree, b, node)
     assert records.target[r] == targets.v[b, node]
+    assert records.depth[r] == tree.depth[b, node] >= 1
     assert not records.tokens[r, records.lengths[r]:].any()
 
 

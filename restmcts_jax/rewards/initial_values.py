@@ -47,7 +47,7 @@ def solution_records(
     max_depth: int,
     chunk: int = 128,
     bucket_shapes: bool = True,
-) -> tuple[list[list[int]], list[float]]:
+) -> tuple[list[list[int]], list[float], list[int]]:
   """Value records of whole solutions, grouped by question.
 
   Args:
@@ -69,10 +69,10 @@ def solution_records(
       two (`tree.from_paths`), so calls share compiled programs.
 
   Returns:
-    `(rows, targets)`: question + partial-solution token ids and `v_k`, one
-    per labelled node, in question order.
+    `(rows, targets, depths)`: question + partial-solution token ids, `v_k`
+    and `k`, one per labelled node, in question order.
   """
-  rows, targets = [], []
+  rows, targets, depths = [], [], []
   delimiter_ids = frozenset(delimiter_ids)
   for lo in range(0, len(questions), chunk):
     q_tokens = np.zeros((chunk, question_width), np.int32)
@@ -108,5 +108,6 @@ def solution_records(
     rows += [row[:n].tolist() for row, n in zip(records.tokens,
                                                 records.lengths)]
     targets += np.asarray(records.target).tolist()
-  return rows, targets
+    depths += np.asarray(records.depth).tolist()
+  return rows, targets, depths
 

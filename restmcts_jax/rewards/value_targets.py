@@ -137,12 +137,14 @@ class ValueRecords:
     lengths: `[R]`.
     target: `[R]` value target v.
     question: `[R]` which question (row of the tree batch).
+    depth: `[R]` steps of the partial solution (1 = first step).
   """
 
   tokens: Array
   lengths: Array
   target: Array
   question: Array
+  depth: Array
 
 
 def value_records(tree: tree_lib.Tree, targets: ValueTargets, *,
@@ -153,4 +155,5 @@ def value_records(tree: tree_lib.Tree, targets: ValueTargets, *,
   tokens, lengths, question = tree_lib.prefix_rows(tree, keep,
                                                    max_depth=max_depth)
   return ValueRecords(tokens=tokens, lengths=lengths,
-                      target=np.asarray(targets.v)[keep], question=question)
+                      target=np.asarray(targets.v)[keep], question=question,
+                      depth=np.asarray(tree.depth)[keep])
