@@ -10,8 +10,8 @@ def get_config():
   config.model.update(embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                       head_dim=8, mlp_dim=64)
   config.sampler.temperature = 1.0
-  config.warmstart.update(steps=4, value_steps=2, value_solutions=4,
-                          examples=300)
+  config.warmstart.update(steps=4, value_steps=2, value_first_steps=2,
+                          value_solutions=4, examples=300)
   config.warmstart.batch_size = 8
   config.iterations = 2
   config.search.update(num_iterations=3, branch=2, roll_forward_steps=1)

@@ -446,6 +446,8 @@ def _backfill(config) -> dict:
   return {"model.compute_dtype": "float32", "eval.batch_size": 0,
           "warmstart.examples": config.tokenizer.get("corpus_size", 0),
           "warmstart.complete_value_solutions": False,
+          "warmstart.value_first_steps": 0,
+          "warmstart.value_first_step_share": 0.5,
           "train.length_buckets": "", "train.trace_history": "iteration",
           "search.skip_exhausted": False, "search.max_expansions": 1,
           "search.widen_visits": 0,

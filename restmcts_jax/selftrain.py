@@ -424,15 +424,17 @@ class _Loop:
             for prompt, text in self.data.warmstart]
 
   @functools.cached_property
-  def initial_value_records(self) -> tuple[list[list[int]], list[float]]:
-    """`D_V0`: value records inferred from the warm-start solutions (the same
-    every time: the data is regenerated from the seed, not checkpointed)."""
+  def initial_value_records(
+      self) -> tuple[list[list[int]], list[float], list[int]]:
+    """`D_V0`: value records inferred from the warm-start solutions, and
+    their depths (the same every time: the data is regenerated from the
+    seed, not checkpointed)."""
     start = time.perf_counter()
-    rows, targets, _ = experiment.initial_value_records(
-        self.config, self.data, self.tokenizer)
-    logging.info("D_V0: %d value records in %.1f s", len(rows),
+    records = experiment.initial_value_records(self.config, self.data,
+                                               self.tokenizer)
+    logging.info("D_V0: %d value records in %.1f s", len(records[0]),
                  time.perf_counter() - start)
-    return rows, targets
+    return records
 
   def warmstart(self, state, buffers, meta, iteration):
     """SFT of the policy on D_0; the value model on `D_V0` (Algorithm 1,
@@ -452,7 +454,7 @@ class _Loop:
       # The process reward model starts from the policy's weights: now the
       # warm-started ones (copies: each train step donates its parameters).
       state["value"]["backbone"] = jax.tree.map(jnp.copy, state["policy"])
-    rows, targets = self.initial_value_records
+    rows, targets, depths = self.initial_value_records
     if c.value_steps and rows:
       batches = list(batching.value_batches(rows, np.asarray(targets),
                                             c.batch_size,
@@ -465,6 +467,21 @@ class _Loop:
                    c.value_steps, len(rows), loss)
       meta["current"].update(warmstart_value_loss=loss,
                              initial_value_records=len(rows))
+    if c.value_first_steps and rows:
+      # Then a mix in which first steps make `value_first_step_share` of the
+      # records: in D_V0 as it is V ranks them little better than chance.
+      picks = batching.first_step_mix(depths, c.value_first_step_share,
+                                      self.config.seed)
+      batches = list(batching.value_batches(
+          [rows[i] for i in picks], np.asarray(targets)[picks], c.batch_size,
+          buckets=self.length_buckets, seed=self.config.seed + 1))
+      state["value"], loss = self._train(
+          self.value_graph, state["value"], training_steps.value_loss,
+          batches, c.value_first_steps, c.learning_rate,
+          "value warm start, first steps")
+      logging.info("value warm start on first steps: %d steps, loss %.4f",
+                   c.value_first_steps, loss)
+      meta["current"].update(warmstart_first_step_value_loss=loss)
     return state, buffers
 
   def collect(self, state, buffers, meta, iteration):
@@ -581,7 +598,7 @@ class _Loop:
     value_loss = policy_loss = None
     if self.config.mode == "rest_mcts" and buffers.value_rows:
       # D_V_i with the earlier data, D_V0 included.
-      rows, targets = self.initial_value_records
+      rows, targets, _ = self.initial_value_records
       batches = list(batching.value_batches(
           rows + buffers.value_rows,
           np.asarray(targets + buffers.value_targets), c.batch_size,

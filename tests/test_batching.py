@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from restmcts_jax.training import batching
 
@@ -40,6 +41,36 @@ def test_length_grouping_keeps_padding_low():
   random_widths = [batching.bucket_length(max(shuffled[i:i + 16]), buckets)
                    for i in range(0, len(shuffled), 16)]
   assert sum(widths) < 0.7 * sum(random_widths)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=200),
+       st.floats(0, 1), st.integers(0, 2**31))
+def test_first_step_mix_gives_first_steps_their_share(depths, share, seed):
+  depths_array = np.asarray(depths)
+  count = round(share * len(depths))
+  if (count and 1 not in depths) or (count < len(depths)
+                                     and set(depths) == {1}):
+    with pytest.raises(ValueError, match=f"share of {share} needs"):
+      batching.first_step_mix(depths, share, seed)
+    return
+  picks = batching.first_step_mix(depths, share, seed)
+  assert len(picks) == len(depths)
+  assert np.sum(depths_array[picks] == 1) == count
+  np.testing.assert_array_equal(
+      picks, batching.first_step_mix(depths, share, seed))  # seeded
+
+
+def test_first_step_mix_repeats_the_rare_first_steps():
+  depths = [1] * 10 + [2] * 45 + [3] * 45
+  picks = batching.first_step_mix(depths, 0.5, seed=0)
+  assert np.sum(picks < 10) == 50  # each first step about five times
+  later = picks[picks >= 10]
+  assert len(later) == 50 and len(set(later.tolist())) < 50
+  # The later steps keep their own proportions (45 : 45, drawn at random).
+  assert 15 <= np.sum(later < 55) <= 35
+  with pytest.raises(ValueError, match="outside"):
+    batching.first_step_mix(depths, 1.5, seed=0)
 
 
 def test_value_batches_weight_only_real_rows():

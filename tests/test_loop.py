@@ -83,6 +83,9 @@ def finished(tmp):
 def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
   metrics = _metrics(finished)
   assert [m["iteration"] for m in metrics] == [0, 1]
+  # The value warm start: D_V0 as it is, then the first-step mix.
+  assert 0 < metrics[0]["warmstart_value_loss"] < 1
+  assert 0 < metrics[0]["warmstart_first_step_value_loss"] < 1
   for method in evaluation.METHODS:
     assert 0 <= metrics[1][f"accuracy_{method}"] <= 1
   for method in ("sc", "bon"):  # the share of their samples that are correct
@@ -215,6 +218,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   for section, key in [("model", "compute_dtype"), ("eval", "batch_size"),
                        ("warmstart", "examples"),
                        ("warmstart", "complete_value_solutions"),
+                       ("warmstart", "value_first_steps"),
+                       ("warmstart", "value_first_step_share"),
                        ("eval", "search"), ("train", "length_buckets"),
                        ("search", "skip_exhausted"),
                        ("search", "max_expansions"),
@@ -231,6 +236,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   assert (loaded.search.skip_exhausted, loaded.search.max_expansions,
           loaded.search.widen_visits) == (False, 1, 0)
   assert loaded.train.trace_history == "iteration"
+  assert loaded.warmstart.value_first_steps == 0
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1, "widen_visits": 0,
            "stop_at_end_gate": True, "rollout_answers": False}

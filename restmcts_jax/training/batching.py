@@ -77,6 +77,34 @@ def value_batches(
                            weight=weight)
 
 
+def first_step_mix(depths: Sequence[int], share: float,
+                   seed: int) -> np.ndarray:
+  """As many record indices as `depths` has, shuffled and drawn with
+  replacement: `share` of them first-step records (depth 1), the rest the
+  other records.
+
+  Value records are mostly of late steps (solutions branch as they go on),
+  while the first steps, where a search branches most, are the fewest and
+  the hardest to judge.
+
+  Raises:
+    ValueError: if `share` is outside [0, 1] or a part it asks for is empty.
+  """
+  depths = np.asarray(depths)
+  if not 0 <= share <= 1:
+    raise ValueError(f"first-step share {share} is outside [0, 1]")
+  first, rest = np.flatnonzero(depths == 1), np.flatnonzero(depths != 1)
+  count = round(share * len(depths))
+  if (count and not len(first)) or (count < len(depths) and not len(rest)):
+    raise ValueError(f"a first-step share of {share} needs records of "
+                     "the first step and of later ones")
+  rng = np.random.default_rng(seed)
+  return rng.permutation(np.concatenate([
+      rng.choice(first, count) if count else np.zeros(0, np.int64),
+      rng.choice(rest, len(depths) - count) if count < len(depths)
+      else np.zeros(0, np.int64)]))
+
+
 def _length_grouped_batches(lengths: Sequence[int], batch_size: int,
                             seed: int | None) -> list[list[int]]:
   """Example indices per batch: shuffled, sorted by length inside windows of
