@@ -95,7 +95,7 @@ def _loop(tmp_path, config):
 
 def test_value_model_starts_from_the_warm_started_policy(tmp_path):
   config = _config(tmp_path, fsdp=1, tensor=1)
-  config.warmstart.update(steps=3, value_steps=0)
+  config.warmstart.update(steps=3, value_steps=0, value_first_steps=0)
   loop = _loop(tmp_path, config)
   meta = dict(current={}, metrics=[], evaluations=[])
   start = jax.device_get(jax.tree.leaves(loop.initial_state["policy"]))
