@@ -162,6 +162,8 @@ def add_throughput(phases: list[Phase], config, num_train: int) -> None:
       sft_steps = c.steps if p.name == "warmstart" else c.policy_steps
       steps = (sft_steps * (row.get(policy) is not None) +
                c.value_steps * (row.get(value) is not None))
+      if row.get("warmstart_first_step_value_loss") is not None:
+        steps += config.warmstart.value_first_steps
       p.throughput = f"{steps} AdamW steps, {rate(steps)}"
     elif p.name == "eval":
       tokens = {k[len("tokens_"):]: v for k, v in row.items()

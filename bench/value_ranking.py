@@ -145,12 +145,20 @@ def aucs_by_depth(values: np.ndarray, positions: Positions) -> dict:
           for k in sorted(set(positions.depth.tolist()))}
 
 
+def _choice(key, allowed):
+  def parse(value):
+    if value not in allowed:
+      raise ValueError(f"--train {key}={value}: choose from {allowed}")
+    return value
+  return parse
+
+
 def parse_variants(text: str) -> list[tuple[str, dict]]:
   """`"a:steps=800;b:steps=800,depths=1"` -> [(name, settings)]."""
   known = dict(steps=int, learning_rate=float, batch_size=int,
                depths=lambda v: tuple(int(d) for d in v.split("+")),
                shares=lambda v: tuple(float(x) for x in v.split("+")),
-               start=str)
+               start=_choice("start", ("checkpoint", "policy")))
   variants = []
   for item in filter(None, (i.strip() for i in text.split(";"))):
     name, _, body = item.partition(":")
@@ -193,7 +201,8 @@ def main():
                       choices=("validation", "test"),
                       help="tune on validation; test only to report")
   parser.add_argument("--per_puzzle", type=int, default=16,
-                      help="random games per held-out puzzle")
+                      help="random games, and policy samples, per "
+                           "held-out puzzle")
   parser.add_argument("--train", default="",
                       help='variants trained further on D_V0, e.g. '
                            '"more:steps=800;early:steps=800,depths=1+2"')
