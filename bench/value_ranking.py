@@ -65,11 +65,11 @@ def random_positions(puzzles, per_puzzle: int, seed: int) -> Positions:
   texts, depth, winnable = [], [], []
   for puzzle in puzzles:
     for _ in range(per_puzzle):
-      lines, states = game24._random_play(puzzle.numbers, rng)  # pylint: disable=protected-access
+      lines, numbers_left = game24.random_game(puzzle.numbers, rng)
       for k in range(1, len(lines) + 1):
         text = game24.format_text(puzzle.numbers, lines[:k])
         if k < len(lines):
-          won = game24.is_solvable([v for v, _ in states[k]])
+          won = game24.is_solvable(numbers_left[k])
         else:
           won = game24.verify(puzzle.numbers, text)
         texts.append(text)

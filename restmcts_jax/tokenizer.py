@@ -10,6 +10,7 @@ Two implementations:
 """
 
 import abc
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -72,10 +73,18 @@ class Tokenizer(abc.ABC):
   def eos_id(self) -> int:
     """End-of-sequence id."""
 
-  @abc.abstractmethod
   def fingerprint(self) -> str:
     """A hash of the whole vocabulary: two tokenizers of one size that map
     ids to other pieces differ here."""
+    return self._fingerprint
+
+  @functools.cached_property
+  def _fingerprint(self) -> str:  # a 150k-piece vocabulary takes a while
+    return hashlib.sha256(self._vocabulary_bytes()).hexdigest()
+
+  @abc.abstractmethod
+  def _vocabulary_bytes(self) -> bytes:
+    """Every piece, in id order, serialized."""
 
   def token_id(self, piece: str) -> int:
     """Id of `piece`, which must encode to exactly one token (e.g. "\\n")."""
@@ -226,9 +235,9 @@ class SentencePieceTokenizer(Tokenizer):
   def eos_id(self) -> int:
     return self._sp.eos_id()
 
-  def fingerprint(self) -> str:
-    pieces = "\0".join(self._sp.id_to_piece(i) for i in range(self.vocab_size))
-    return hashlib.sha256(pieces.encode()).hexdigest()
+  def _vocabulary_bytes(self) -> bytes:
+    return "\0".join(self._sp.id_to_piece(i)
+                     for i in range(self.vocab_size)).encode()
 
 
 class HFTokenizer(Tokenizer):
@@ -282,9 +291,9 @@ class HFTokenizer(Tokenizer):
   def eos_id(self) -> int:
     return self._tok.eos_token_id
 
-  def fingerprint(self) -> str:
+  def _vocabulary_bytes(self) -> bytes:
     vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+    return json.dumps(vocab).encode()
 
 
 def load_tokenizer(path: PathLike) -> Tokenizer:

@@ -195,6 +195,20 @@ def test_warmstart_corpus_is_legal_but_mostly_wrong():
   assert num_correct < len(texts) // 4
 
 
+def test_random_game_lists_the_numbers_left_before_each_line():
+  rng = random.Random(3)
+  for numbers in random.Random(1).sample(INTEGER_SOLVABLE, 30):
+    lines, numbers_left = game24.random_game(numbers, rng)
+    assert len(lines) == len(numbers_left) == 4
+    assert numbers_left[0] == sorted(numbers)
+    for k, line in enumerate(lines[:-1]):
+      assert game24.check_step(numbers_left[k], line) == numbers_left[k + 1]
+    (value,) = numbers_left[-1]
+    assert lines[-1].endswith(f" = {value}")
+    assert game24.verify(numbers, game24.format_text(numbers, lines)) == (
+        value == 24)
+
+
 def test_warmstart_corpus_refuses_test_puzzles():
   splits = game24.splits()
   with pytest.raises(ValueError, match="test puzzles"):

@@ -294,6 +294,14 @@ def random_solution(numbers: Sequence[int], rng: random.Random) -> list[str]:
   return _random_play(numbers, rng)[0]
 
 
+def random_game(numbers: Sequence[int], rng: random.Random
+                ) -> tuple[list[str], list[list[int]]]:
+  """A `random_solution` and the numbers left before each of its lines:
+  `numbers` first, the last move's single result before the Answer line."""
+  lines, states = _random_play(numbers, rng)
+  return lines, [sorted(v for v, _ in state) for state in states]
+
+
 def completed_solutions(numbers: Sequence[int], rng: random.Random
                         ) -> list[list[str]]:
   """A `random_solution` and, from each of its states before the last move
