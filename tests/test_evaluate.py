@@ -44,9 +44,7 @@ def test_game24_predictions_are_graded_by_the_exact_verifier(tmp_path):
   assert "game24 |      100 |        10 |       6 |" in out.stdout
   # Other puzzles come from --data: here a file of just those ten.
   csv = tmp_path / "ten.csv"
-  csv.write_text("Rank,Puzzles\n" + "".join(
-      f"{i},{' '.join(map(str, p.reference))}\n"
-      for i, p in enumerate(problems[:10], 1)))
+  csv.write_text(game24.tot_csv_text(p.reference for p in problems[:10]))
   out = _run("--task=game24", f"--data={csv}", f"--predictions={preds}")
   assert "RESULT accuracy_predictions 0.6000" in out.stdout, out.stderr
   # A puzzle outside the test ranks is refused, and the error says why.

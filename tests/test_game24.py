@@ -53,6 +53,13 @@ def test_csv_from_a_path(tmp_path):
       game24.Puzzle((3, 3, 8, 8), 7, 0.5), game24.Puzzle((1, 2, 3, 4), 8))
 
 
+def test_tot_csv_text_reads_back(tmp_path):
+  path = tmp_path / "two.csv"
+  path.write_text(game24.tot_csv_text([(8, 3, 8, 3), (1, 2, 3, 4)]))
+  assert game24.load_tot_csv(path) == (
+      game24.Puzzle((3, 3, 8, 8), 1), game24.Puzzle((1, 2, 3, 4), 2))
+
+
 @pytest.mark.parametrize("body, line", [
     ("", 1),
     ("Rank,Numbers\n1,1 2 3 4\n", 1),

@@ -17,6 +17,7 @@ from restmcts_jax import evaluate
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import selftrain
+from restmcts_jax.tasks import game24
 from restmcts_jax.tokenizer import SentencePieceTokenizer
 from restmcts_jax.training import batching
 from tests import fake_gcs
@@ -200,9 +201,7 @@ def test_evaluate_cli_prints_a_table_and_one_result_per_method(finished,
   puzzles = [p.reference for p in
              experiment.load_data(config, warm_start=False).test]
   csv = tmp / "held_out.csv"
-  csv.write_text("Rank,Puzzles\n" + "".join(
-      f"{i},{' '.join(map(str, numbers))}\n"
-      for i, numbers in enumerate(puzzles, 1)))
+  csv.write_text(game24.tot_csv_text(puzzles))
   on_file = _evaluate(tmp, f"--checkpoint={finished}", f"--data={csv}",
                       "--methods=greedy,sc", "--budget=2")
   results = lambda text: [l for l in text.splitlines()

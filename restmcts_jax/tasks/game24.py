@@ -136,6 +136,13 @@ def _parse_csv(text: str, name: str) -> tuple[Puzzle, ...]:
   return tuple(puzzles)
 
 
+def tot_csv_text(puzzles: Iterable[Sequence[int]]) -> str:
+  """The text of a puzzle file `load_tot_csv` reads: each puzzle's numbers,
+  ranked 1, 2, ... in order."""
+  return "Rank,Puzzles\n" + "".join(
+      f"{rank},{_join(numbers)}\n" for rank, numbers in enumerate(puzzles, 1))
+
+
 @functools.cache
 def _bundled() -> tuple[Puzzle, ...]:
   return load_tot_csv()
