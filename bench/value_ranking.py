@@ -179,10 +179,8 @@ def train_further(value_model, rows, targets, settings, seed: int):
   and cosine, as the loop trains) on the records."""
   graphdef, params = nnx.split(value_model)
   params = jax.tree.map(lambda x: x.copy(), params)
-  tx = optim.make_optimizer(optim.OptimizerConfig(
-      learning_rate=settings["learning_rate"],
-      warmup_steps=min(10, settings["steps"]),
-      total_steps=settings["steps"]))
+  tx = optim.make_optimizer(optim.OptimizerConfig.for_phase(
+      settings["learning_rate"], settings["steps"]))
   state = training_steps.init_state(params, tx)
   step = training_steps.make_train_step(graphdef, training_steps.value_loss,
                                         tx)

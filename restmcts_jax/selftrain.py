@@ -377,9 +377,7 @@ class _Loop:
       FloatingPointError: on a non-finite loss, naming the phase and step;
         nothing is saved, so the last checkpoint stays as it was.
     """
-    optimizer = optim.OptimizerConfig(
-        learning_rate=learning_rate, warmup_steps=min(10, num_steps),
-        total_steps=max(num_steps, 1))
+    optimizer = optim.OptimizerConfig.for_phase(learning_rate, num_steps)
     tx = optim.make_optimizer(optimizer)
     with self.rules():  # parameters as laid out, batch over data x fsdp
       state = training_steps.init_state(params, tx)

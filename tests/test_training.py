@@ -172,6 +172,21 @@ def test_the_traced_schedule_is_optax_warmup_cosine(peak, warmup, total,
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * peak)
 
 
+@pytest.mark.parametrize("num_steps, rates", [
+    (100, {0: 0.0, 5: 1.0, 10: 2.0, 55: 1.1, 100: 0.2}),  # 10 up, 90 down
+    (3, {0: 0.0, 1: 2 / 3, 3: 2.0}),  # shorter than a warm-up
+])
+def test_a_phase_warms_up_over_ten_updates_and_decays_to_a_tenth(num_steps,
+                                                                rates):
+  config = optim.OptimizerConfig.for_phase(2.0, num_steps)
+  tx = optim.make_optimizer(config)
+  hyper = tx.init({"w": jnp.zeros(())})[1].hyperparams
+  schedule = [hyper[k] for k in ("peak", "warmup", "decay", "end")]
+  for count, rate in rates.items():
+    np.testing.assert_allclose(optim.warmup_cosine(count, *schedule), rate,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_one_compiled_step_serves_every_schedule():
   graphdef, params = nnx.split(tl.Transformer(CONFIG, rngs=nnx.Rngs(0)))
   texts, updates = [], []

@@ -27,6 +27,16 @@ class OptimizerConfig:
   clip_norm: float = 1.0
   accumulation_steps: int = 1
 
+  @classmethod
+  def for_phase(cls, learning_rate: float, num_steps: int
+                ) -> "OptimizerConfig":
+    """A training phase of `num_steps` updates, as the loop runs each one:
+    a fresh schedule warming up over 10 of them (fewer in a shorter phase)
+    and decaying over the rest."""
+    return cls(learning_rate=learning_rate,
+               warmup_steps=min(10, num_steps),
+               total_steps=max(num_steps, 1))
+
 
 def warmup_cosine(count, peak, warmup, decay, end):
   """`optax.warmup_cosine_decay_schedule(0, peak, warmup, decay, end)` at
