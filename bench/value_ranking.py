@@ -158,12 +158,13 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
   known = dict(steps=int, learning_rate=float, batch_size=int,
                depths=lambda v: tuple(int(d) for d in v.split("+")),
                shares=lambda v: tuple(float(x) for x in v.split("+")),
-               start=_choice("start", ("checkpoint", "policy")))
+               start=_choice("start", ("checkpoint", "policy")),
+               loss=_choice("loss", tuple(training_steps.VALUE_LOSSES)))
   variants = []
   for item in filter(None, (i.strip() for i in text.split(";"))):
     name, _, body = item.partition(":")
     settings = dict(steps=800, learning_rate=3e-4, batch_size=32, depths=(),
-                    shares=(), start="checkpoint")
+                    shares=(), start="checkpoint", loss="mse")
     for pair in filter(None, body.split(",")):
       key, sep, value = pair.partition("=")
       if not sep or key not in known:
@@ -182,8 +183,8 @@ def train_further(value_model, rows, targets, settings, seed: int):
   tx = optim.make_optimizer(optim.OptimizerConfig.for_phase(
       settings["learning_rate"], settings["steps"]))
   state = training_steps.init_state(params, tx)
-  step = training_steps.make_train_step(graphdef, training_steps.value_loss,
-                                        tx)
+  step = training_steps.make_train_step(
+      graphdef, training_steps.VALUE_LOSSES[settings["loss"]], tx)
   batches = list(batching.value_batches(rows, targets,
                                         settings["batch_size"], seed=seed))
   for i in range(settings["steps"]):

@@ -86,6 +86,10 @@ def get_config():
       # Policy SFT on this iteration's traces ("iteration": SPEC's D_G_i)
       # or on every distinct trace found so far ("all").
       trace_history="iteration",
+      # Value training's loss, every phase: "mse" (SPEC) or "cross_entropy"
+      # (the same minimum; the gradient on V's logit does not vanish near 0,
+      # where early steps' targets lie; `training.steps`).
+      value_loss="mse",
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
       length_buckets=""))

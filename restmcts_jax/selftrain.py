@@ -299,6 +299,10 @@ class _Loop:
       raise ValueError(f"config.train.trace_history="
                        f"{config.train.trace_history!r}: choose from "
                        f"{TRACE_HISTORIES}")
+    if config.train.value_loss not in training_steps.VALUE_LOSSES:
+      raise ValueError(f"config.train.value_loss={config.train.value_loss!r}:"
+                       f" choose from {tuple(training_steps.VALUE_LOSSES)}")
+    self.value_loss = training_steps.VALUE_LOSSES[config.train.value_loss]
     self.config = config
     self.workdir = workdir
     self.task = registry.get_task(config.task)
@@ -459,7 +463,7 @@ class _Loop:
                                             buckets=self.length_buckets,
                                             seed=self.config.seed))
       state["value"], loss = self._train(
-          self.value_graph, state["value"], training_steps.value_loss,
+          self.value_graph, state["value"], self.value_loss,
           batches, c.value_steps, c.learning_rate, "value warm start")
       logging.info("value warm start: %d steps on %d records, loss %.4f",
                    c.value_steps, len(rows), loss)
@@ -474,7 +478,7 @@ class _Loop:
           [rows[i] for i in picks], np.asarray(targets)[picks], c.batch_size,
           buckets=self.length_buckets, seed=self.config.seed + 1))
       state["value"], loss = self._train(
-          self.value_graph, state["value"], training_steps.value_loss,
+          self.value_graph, state["value"], self.value_loss,
           batches, c.value_first_steps, c.learning_rate,
           "value warm start, first steps")
       logging.info("value warm start on first steps: %d steps, loss %.4f",
@@ -602,7 +606,7 @@ class _Loop:
           np.asarray(targets + buffers.value_targets), c.batch_size,
           buckets=self.length_buckets, seed=seed))
       state["value"], value_loss = self._train(
-          self.value_graph, state["value"], training_steps.value_loss,
+          self.value_graph, state["value"], self.value_loss,
           batches, c.value_steps, c.learning_rate,
           f"value training, iteration {iteration}")
     if buffers.traces:

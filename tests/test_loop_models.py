@@ -158,6 +158,35 @@ def test_unknown_trace_history_names_the_key(tmp_path):
     selftrain.run(config, tmp_path / "run")
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_value_training_uses_the_configured_loss(tmp_path, monkeypatch, loss):
+  traced = []
+  real = selftrain.training_steps.VALUE_LOSSES[loss]
+  def spy(model, batch):
+    traced.append(loss)
+    return real(model, batch)
+  monkeypatch.setitem(selftrain.training_steps.VALUE_LOSSES, loss, spy)
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.update(value_steps=2, policy_steps=0, batch_size=8,
+                      value_loss=loss)
+  loop = _loop(tmp_path, config)
+  meta = dict(current={}, metrics=[], evaluations=[])
+  start = jax.device_get(jax.tree.leaves(loop.initial_state["value"]))
+  state, _ = loop.train(loop.initial_state, selftrain.Buffers(
+      value_rows=[[7, 8, 9], [7, 9]], value_targets=[0.25, 0.0]), meta, 1)
+  assert traced  # the configured loss was the one traced
+  assert np.isfinite(meta["current"]["value_loss"])
+  trained = jax.device_get(jax.tree.leaves(state["value"]))
+  assert not all(np.array_equal(a, b) for a, b in zip(start, trained))
+
+
+def test_unknown_value_loss_names_the_key(tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.value_loss = "huber"
+  with pytest.raises(ValueError, match="config.train.value_loss='huber'"):
+    selftrain.run(config, tmp_path / "run")
+
+
 @pytest.mark.slow
 def test_bfloat16_compute_runs_the_loop_on_float32_parameters(tmp_path):
   """`model.compute_dtype=bfloat16`: both models compute (and search with KV

@@ -152,7 +152,8 @@ def test_the_loop_trains_on_its_own_data_resumes_and_stops_on_nan(
   def nan_value_loss(model, batch):
     loss, aux = real_value_loss(model, batch)
     return loss * jnp.nan, aux
-  monkeypatch.setattr(selftrain.training_steps, "value_loss", nan_value_loss)
+  monkeypatch.setitem(selftrain.training_steps.VALUE_LOSSES, "mse",
+                      nan_value_loss)
   config.iterations = 3
   with pytest.raises(FloatingPointError,
                      match="value training, iteration 3: loss is nan"):

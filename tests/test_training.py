@@ -73,11 +73,67 @@ def test_value_loss_is_weighted_mse():
   np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
+def test_value_cross_entropy_by_hand_and_zero_at_the_targets():
+  vm = _value_model()
+  batch = _value_batch()
+  loss, metrics = steps.value_cross_entropy_loss(vm, batch)
+  v = np.asarray(vm(batch.tokens, batch.lengths), np.float64)
+  t, w = np.asarray(batch.target, np.float64), np.asarray(batch.weight)
+  xlogy = lambda x, y: np.where(x > 0, x * np.log(np.where(x > 0, y, 1)), 0)
+  per_row = (-(t * np.log(v) + (1 - t) * np.log(1 - v))
+             + xlogy(t, t) + xlogy(1 - t, 1 - t))
+  np.testing.assert_allclose(loss, (w * per_row).sum() / w.sum(), rtol=1e-5)
+  mse, _ = steps.value_loss(vm, batch)
+  np.testing.assert_allclose(metrics["mse"], mse, rtol=1e-6)
+  # A model whose values are the targets scores 0 (up to the clipped ends).
+  fitted = _LogitModel(jax.scipy.special.logit(
+      jnp.clip(batch.target, 1e-7, 1 - 1e-7)))
+  fit_loss, _ = steps.value_cross_entropy_loss(fitted, batch)
+  assert abs(float(fit_loss)) < 1e-5
+
+
+class _LogitModel:
+  """A value model that gives fixed logits to a batch, whatever its rows."""
+
+  def __init__(self, logits):
+    self._logits = logits
+
+  def logits(self, tokens, lengths):
+    del tokens, lengths
+    return self._logits
+
+  def __call__(self, tokens, lengths):
+    return jax.nn.sigmoid(self._logits)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    logits=st.lists(st.floats(-6, 6), min_size=4, max_size=4),
+    targets=st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 1 / 9]),
+                     min_size=4, max_size=4))
+def test_value_losses_pull_the_logit_by_error_and_by_error_times_slope(
+    logits, targets):
+  """Cross-entropy moves a logit by `value - target` (mean over rows); MSE
+  by that times `2 value (1 - value)`, which vanishes as values near 0."""
+  logits, target = jnp.array(logits), jnp.array(targets)
+  batch = steps.ValueBatch(tokens=jnp.zeros((4, 1), jnp.int32),
+                           lengths=jnp.ones(4, jnp.int32), target=target,
+                           weight=jnp.ones(4))
+  grad = lambda loss_fn: jax.grad(
+      lambda z: loss_fn(_LogitModel(z), batch)[0])(logits)
+  v = jax.nn.sigmoid(logits)
+  np.testing.assert_allclose(grad(steps.value_cross_entropy_loss),
+                             (v - target) / 4, atol=1e-6)
+  np.testing.assert_allclose(grad(steps.value_loss),
+                             (v - target) * 2 * v * (1 - v) / 4, atol=1e-6)
+
+
 def test_steps_reduce_the_loss_on_a_fixed_batch():
   for make, loss_fn, batch in [
       (lambda: tl.Transformer(CONFIG, rngs=nnx.Rngs(0)), steps.sft_loss,
        _sft_batch()),
-      (_value_model, steps.value_loss, _value_batch())]:
+      (_value_model, steps.value_loss, _value_batch()),
+      (_value_model, steps.value_cross_entropy_loss, _value_batch())]:
     graphdef, params = nnx.split(make())
     tx = optim.make_optimizer(OPT)
     step = steps.make_train_step(graphdef, loss_fn, tx)

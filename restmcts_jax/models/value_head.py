@@ -30,8 +30,12 @@ class ValueHead(nnx.Module):
 
   def __call__(self, hidden: Array) -> Array:
     """Values in (0, 1), `[...]`, from hidden states `[..., E]`."""
+    return jax.nn.sigmoid(self.logit(hidden))
+
+  def logit(self, hidden: Array) -> Array:
+    """The values before the sigmoid, `[...]`."""
     score = hidden.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
-    return jax.nn.sigmoid(score + self.bias[...].astype(jnp.float32))
+    return score + self.bias[...].astype(jnp.float32)
 
 
 class ValueModel(nnx.Module):
@@ -49,9 +53,13 @@ class ValueModel(nnx.Module):
       tokens: question + steps, right-padded, `[B, T]`.
       lengths: real lengths `[B]` (>= 1); the head reads token `lengths - 1`.
     """
+    return jax.nn.sigmoid(self.logits(tokens, lengths))
+
+  def logits(self, tokens: Array, lengths: Array) -> Array:
+    """`[B]` the values before the sigmoid (arguments as `__call__`)."""
     positions = transformer_lib.default_positions(tokens)
     hidden, _ = self.backbone.hidden(tokens, positions)
-    return self.head(transformer_lib.last_token_hidden(hidden, lengths))
+    return self.head.logit(transformer_lib.last_token_hidden(hidden, lengths))
 
 
   def score_continuations(
