@@ -87,8 +87,10 @@ def get_config():
       # or on every distinct trace found so far ("all").
       trace_history="iteration",
       # Value training's loss, every phase: "mse" (SPEC) or "cross_entropy"
-      # (the same minimum; the gradient on V's logit does not vanish near 0,
-      # where early steps' targets lie; `training.steps`).
+      # (the same minimum; its gradient on V's logit does not vanish near 0,
+      # where early steps' targets lie). 800 steps from a fresh head: second
+      # steps ranked at 0.80 instead of 0.73, first steps no better (0.56 vs
+      # 0.55; BENCHMARKS.md), so SPEC's stays.
       value_loss="mse",
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
