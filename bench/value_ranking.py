@@ -20,8 +20,9 @@ value model further on `D_V0` (the run's own warm-start records), one row per
 variant, all in this process: `steps`, `learning_rate`, `batch_size`,
 `depths` (e.g. `1+2`: only records of those depths), `shares` (e.g.
 `0.5+0.2+0.15+0.15`: depth k's share of the records, drawn with
-replacement) and `start=policy` (a fresh value head on the checkpoint's
-policy, as the warm start trains).
+replacement), `start=policy` (a fresh value head on the checkpoint's
+policy, as the warm start trains) and `loss=cross_entropy` (`mse` by
+default; `config.train.value_loss`).
 Ends with `RESULT value_auc_depth1 <checkpoint's AUC after one step of a
 random legal game>`.
 """

@@ -56,10 +56,10 @@ def get_config():
   # drawn so that first-step records make `value_first_step_share` of it
   # (12% as it is): V ranks first moves little better than chance (AUC 0.58
   # on the policy's samples), 2,400 such steps at half took it to 0.69 and
-  # the second step's from 0.78 to 0.89; over three seeds MCTS* then gained
-  # on Best-of-N at every budget (test, budget 4: from 2 points below to
-  # level; 8: from level to 2 above) but greedy decoding ended at 3 / 3 / 9%
-  # against 10 / 6 / 9% (BENCHMARKS.md), so it is off.
+  # the second step's from 0.78 to 0.89; over three seeds MCTS* then
+  # narrowed its gap to Best-of-N at every budget (test, budget 4: from 2
+  # points below to level; 8: from level to 2 above) but greedy decoding
+  # ended at 3 / 3 / 9% against 10 / 6 / 9% (BENCHMARKS.md), so it is off.
   config.warmstart = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=32, learning_rate=3e-4, examples=48000,
       value_steps=800, value_solutions=32, complete_value_solutions=True,
@@ -89,10 +89,11 @@ def get_config():
       # or on every distinct trace found so far ("all").
       trace_history="iteration",
       # Value training's loss, every phase: "mse" (SPEC) or "cross_entropy"
-      # (the same minimum; its gradient on V's logit does not vanish near 0,
-      # where early steps' targets lie). 800 steps from a fresh head: second
-      # steps ranked at 0.80 instead of 0.73, first steps no better (0.56 vs
-      # 0.55; BENCHMARKS.md), so SPEC's stays.
+      # (the same minimum; MSE through V's sigmoid weighs rows valued near 0
+      # or 1 less). 800 steps from a fresh head: second steps ranked at 0.80
+      # / 0.77 instead of 0.73 / 0.72 (random games / the policy's samples),
+      # first steps no better (0.56 / 0.56 vs 0.55 / 0.57; BENCHMARKS.md),
+      # so SPEC's stays. The `*value_loss` metrics are the configured loss.
       value_loss="mse",
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.

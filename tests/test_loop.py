@@ -223,7 +223,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("search", "skip_exhausted"),
                        ("search", "max_expansions"),
                        ("search", "widen_visits"),
-                       ("train", "trace_history")]:
+                       ("train", "trace_history"), ("train", "value_loss")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
   # any config's eval.search, so the backfill must read the run's own.
@@ -235,6 +235,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   assert (loaded.search.skip_exhausted, loaded.search.max_expansions,
           loaded.search.widen_visits) == (False, 1, 0)
   assert loaded.train.trace_history == "iteration"
+  assert loaded.train.value_loss == "mse"
   assert loaded.warmstart.value_first_steps == 0
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1, "widen_visits": 0,

@@ -159,23 +159,28 @@ def test_unknown_trace_history_names_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_value_training_uses_the_configured_loss(tmp_path, monkeypatch, loss):
-  traced = []
-  real = selftrain.training_steps.VALUE_LOSSES[loss]
-  def spy(model, batch):
-    traced.append(loss)
-    return real(model, batch)
-  monkeypatch.setitem(selftrain.training_steps.VALUE_LOSSES, loss, spy)
+def test_every_value_phase_uses_the_configured_loss(tmp_path, monkeypatch,
+                                                    loss):
+  traced = []  # the loss each traced value train step computed
+  for name, real in list(selftrain.training_steps.VALUE_LOSSES.items()):
+    def spy(model, batch, name=name, real=real):
+      traced.append(name)
+      return real(model, batch)
+    monkeypatch.setitem(selftrain.training_steps.VALUE_LOSSES, name, spy)
   config = _config(tmp_path, fsdp=1, tensor=1)
+  config.warmstart.update(steps=1, value_steps=2, value_first_steps=2)
   config.train.update(value_steps=2, policy_steps=0, batch_size=8,
                       value_loss=loss)
   loop = _loop(tmp_path, config)
   meta = dict(current={}, metrics=[], evaluations=[])
   start = jax.device_get(jax.tree.leaves(loop.initial_state["value"]))
-  state, _ = loop.train(loop.initial_state, selftrain.Buffers(
+  state, _ = loop.warmstart(loop.initial_state, selftrain.Buffers(), meta, 0)
+  state, _ = loop.train(state, selftrain.Buffers(
       value_rows=[[7, 8, 9], [7, 9]], value_targets=[0.25, 0.0]), meta, 1)
-  assert traced  # the configured loss was the one traced
-  assert np.isfinite(meta["current"]["value_loss"])
+  assert traced and set(traced) == {loss}
+  for key in ("warmstart_value_loss", "warmstart_first_step_value_loss",
+              "value_loss"):
+    assert np.isfinite(meta["current"][key]), key
   trained = jax.device_get(jax.tree.leaves(state["value"]))
   assert not all(np.array_equal(a, b) for a, b in zip(start, trained))
 

@@ -30,10 +30,10 @@ class ValueHead(nnx.Module):
 
   def __call__(self, hidden: Array) -> Array:
     """Values in (0, 1), `[...]`, from hidden states `[..., E]`."""
-    return jax.nn.sigmoid(self.logit(hidden))
+    return jax.nn.sigmoid(self.logits(hidden))
 
-  def logit(self, hidden: Array) -> Array:
-    """The values before the sigmoid, `[...]`."""
+  def logits(self, hidden: Array) -> Array:
+    """The values before the sigmoid, `[...]`, from `[..., E]`."""
     score = hidden.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
     return score + self.bias[...].astype(jnp.float32)
 
@@ -59,7 +59,7 @@ class ValueModel(nnx.Module):
     """`[B]` the values before the sigmoid (arguments as `__call__`)."""
     positions = transformer_lib.default_positions(tokens)
     hidden, _ = self.backbone.hidden(tokens, positions)
-    return self.head.logit(transformer_lib.last_token_hidden(hidden, lengths))
+    return self.head.logits(transformer_lib.last_token_hidden(hidden, lengths))
 
 
   def score_continuations(

@@ -31,8 +31,9 @@ class OptimizerConfig:
   def for_phase(cls, learning_rate: float, num_steps: int
                 ) -> "OptimizerConfig":
     """A training phase of `num_steps` updates, as the loop runs each one:
-    a fresh schedule warming up over 10 of them (fewer in a shorter phase)
-    and decaying over the rest."""
+    a fresh schedule warming up from 0 over 10 of them (all of a shorter
+    phase, whose first update then changes nothing) and decaying to
+    `end_fraction` of the peak over the rest."""
     return cls(learning_rate=learning_rate,
                warmup_steps=min(10, num_steps),
                total_steps=max(num_steps, 1))

@@ -66,12 +66,16 @@ def sft_loss(model, batch: SFTBatch) -> tuple[Array, dict[str, Array]]:
   return loss, dict(loss=loss, tokens=count)
 
 
+def _weighted_mean(x: Array, weight: Array) -> Array:
+  """`sum(x * weight) / sum(weight)` (0 for an all-padding batch)."""
+  return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
+
+
 def value_loss(value_model, batch: ValueBatch
                ) -> tuple[Array, dict[str, Array]]:
   """Weighted MSE between predicted values and the targets (SPEC)."""
   values = value_model(batch.tokens, jnp.maximum(batch.lengths, 1))
-  err = (values - batch.target) ** 2
-  loss = _weighted_mean(err, batch.weight)
+  loss = _weighted_mean((values - batch.target) ** 2, batch.weight)
   return loss, dict(loss=loss, rows=jnp.sum(batch.weight))
 
 
@@ -80,12 +84,11 @@ def value_cross_entropy_loss(value_model, batch: ValueBatch
   """Weighted cross-entropy of the sigmoid values against the targets as
   soft labels, less the targets' own entropy (0 at a perfect fit).
 
-  Its minimum is MSE's (the mean target of a position), but its gradient on
-  the head's logit is `value - target`, where MSE's is that times
-  `2 value (1 - value)`: MSE through a sigmoid barely moves values near 0,
-  where SPEC's targets of early steps lie (a first step's 0.25 against a
-  lost one's 0). The reference's head has no sigmoid, so its MSE does not
-  shrink there either. `mse` is reported alongside.
+  Its minimum is MSE's (a position's mean target). Its gradient on the
+  head's logit is `value - target`; MSE's is that times `2 value (1 -
+  value)`, which weighs rows whose values sit near 0 or 1 less than the
+  others (AdamW undoes a common scale, not a per-row one). The reference's
+  head has no sigmoid, so its MSE weighs every row alike.
   """
   logits = value_model.logits(batch.tokens, jnp.maximum(batch.lengths, 1))
   target = batch.target
@@ -93,16 +96,11 @@ def value_cross_entropy_loss(value_model, batch: ValueBatch
   entropy = -(jax.scipy.special.xlogy(target, target) +
               jax.scipy.special.xlogy(1 - target, 1 - target))
   loss = _weighted_mean(cross - entropy, batch.weight)
-  mse = _weighted_mean((jax.nn.sigmoid(logits) - target) ** 2, batch.weight)
-  return loss, dict(loss=loss, mse=mse, rows=jnp.sum(batch.weight))
+  return loss, dict(loss=loss, rows=jnp.sum(batch.weight))
 
 
 # `config.train.value_loss` -> the loss every value-training phase uses.
 VALUE_LOSSES = dict(mse=value_loss, cross_entropy=value_cross_entropy_loss)
-
-
-def _weighted_mean(x: Array, weight: Array) -> Array:
-  return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1e-9)
 
 
 def state_shardings(state: TrainState, tx: optax.GradientTransformation,
