@@ -416,6 +416,17 @@ class _Loop:
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return state.params, float(np.mean(losses)) if losses else float("nan")
 
+  def _train_value(self, params, rows, targets, batch_size: int,
+                   num_steps: int, learning_rate: float, seed: int,
+                   what: str):
+    """`_train` of the value model with the configured loss on the records
+    `rows` (token ids) and `targets`, batched by length."""
+    batches = list(batching.value_batches(
+        rows, np.asarray(targets), batch_size, buckets=self.length_buckets,
+        seed=seed))
+    return self._train(self.value_graph, params, self.value_loss, batches,
+                       num_steps, learning_rate, what)
+
   # -- phases: (state, buffers, meta, iteration) -> (state, buffers) -----------
 
   @functools.cached_property
@@ -458,13 +469,9 @@ class _Loop:
       state["value"]["backbone"] = jax.tree.map(jnp.copy, state["policy"])
     rows, targets, depths = self.initial_value_records
     if c.value_steps and rows:
-      batches = list(batching.value_batches(rows, np.asarray(targets),
-                                            c.batch_size,
-                                            buckets=self.length_buckets,
-                                            seed=self.config.seed))
-      state["value"], loss = self._train(
-          self.value_graph, state["value"], self.value_loss,
-          batches, c.value_steps, c.learning_rate, "value warm start")
+      state["value"], loss = self._train_value(
+          state["value"], rows, targets, c.batch_size, c.value_steps,
+          c.learning_rate, self.config.seed, "value warm start")
       logging.info("value warm start: %d steps on %d records, loss %.4f",
                    c.value_steps, len(rows), loss)
       meta["current"].update(warmstart_value_loss=loss,
@@ -474,12 +481,10 @@ class _Loop:
       # records: in D_V0 as it is V ranks them little better than chance.
       picks = batching.first_step_mix(depths, c.value_first_step_share,
                                       self.config.seed)
-      batches = list(batching.value_batches(
-          [rows[i] for i in picks], np.asarray(targets)[picks], c.batch_size,
-          buckets=self.length_buckets, seed=self.config.seed + 1))
-      state["value"], loss = self._train(
-          self.value_graph, state["value"], self.value_loss,
-          batches, c.value_first_steps, c.learning_rate,
+      state["value"], loss = self._train_value(
+          state["value"], [rows[i] for i in picks],
+          np.asarray(targets)[picks], c.batch_size, c.value_first_steps,
+          c.learning_rate, self.config.seed + 1,
           "value warm start, first steps")
       logging.info("value warm start on first steps: %d steps, loss %.4f",
                    c.value_first_steps, loss)
@@ -601,14 +606,10 @@ class _Loop:
     if self.config.mode == "rest_mcts" and buffers.value_rows:
       # D_V_i with the earlier data, D_V0 included.
       rows, targets, _ = self.initial_value_records
-      batches = list(batching.value_batches(
-          rows + buffers.value_rows,
-          np.asarray(targets + buffers.value_targets), c.batch_size,
-          buckets=self.length_buckets, seed=seed))
-      state["value"], value_loss = self._train(
-          self.value_graph, state["value"], self.value_loss,
-          batches, c.value_steps, c.learning_rate,
-          f"value training, iteration {iteration}")
+      state["value"], value_loss = self._train_value(
+          state["value"], rows + buffers.value_rows,
+          targets + buffers.value_targets, c.batch_size, c.value_steps,
+          c.learning_rate, seed, f"value training, iteration {iteration}")
     if buffers.traces:
       batches = list(batching.sft_batches(
           self._policy_examples(buffers.traces, seed), c.batch_size,

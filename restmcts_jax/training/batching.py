@@ -100,9 +100,7 @@ def first_step_mix(depths: Sequence[int], share: float,
                      "the first step and of later ones")
   rng = np.random.default_rng(seed)
   return rng.permutation(np.concatenate([
-      rng.choice(first, count) if count else np.zeros(0, np.int64),
-      rng.choice(rest, len(depths) - count) if count < len(depths)
-      else np.zeros(0, np.int64)]))
+      rng.choice(first, count), rng.choice(rest, len(depths) - count)]))
 
 
 def _length_grouped_batches(lengths: Sequence[int], batch_size: int,
