@@ -28,6 +28,14 @@ def _save(fig, path) -> epath.Path:
   return path
 
 
+def _tokens_axis(ax) -> None:
+  """A log x axis of tokens, labelled at powers of 2 (budgets double)."""
+  ax.set_xscale("log", base=2)
+  ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_xlabel("policy tokens per question")
+
+
 def accuracy_per_iteration(metrics: Sequence[dict], path, *,
                            title: str = "") -> epath.Path:
   """Accuracy of each method (at the main budget) per self-training
@@ -62,10 +70,74 @@ def accuracy_vs_budget(rows: Sequence[dict], path, *,
     if points:
       xs, ys = zip(*points)
       ax.plot(xs, ys, marker="o", label=label)
-  ax.set_xscale("log")
-  ax.set_xlabel("policy tokens per question")
+  _tokens_axis(ax)
   ax.set_ylabel("test accuracy")
   ax.set_title(title or "Accuracy vs token budget")
   ax.grid(alpha=0.3, which="both")
   ax.legend()
+  return _save(fig, path)
+
+
+def _label(key: str) -> str:
+  method = key.removeprefix("accuracy_")
+  if key == "sample_accuracy":
+    return "policy samples (pass@1)"
+  return METHOD_LABELS.get(method, key)
+
+
+def accuracy_per_iteration_over_runs(rows: Sequence[dict], path, *,
+                                     title: str = "") -> epath.Path:
+  """One panel per accuracy metric, one line per group of runs: the mean
+  over the group's runs per iteration with standard-error bars, from rows
+  with `group`, `iteration`, `key`, `mean` and `error` (NaN: no bar)."""
+  keys = list(dict.fromkeys(r["key"] for r in rows if "accuracy" in r["key"]))
+  groups = list(dict.fromkeys(r["group"] for r in rows))
+  columns = min(len(keys), 3) or 1
+  fig, axes = plt.subplots(-(-len(keys) // columns) or 1, columns,
+                           figsize=(4.2 * columns, 3.2 * -(-len(keys) // columns)),
+                           squeeze=False, sharex=True)
+  for ax, key in zip(axes.flat, keys):
+    for group in groups:
+      points = sorted((r["iteration"], r["mean"], r["error"]) for r in rows
+                      if r["group"] == group and r["key"] == key)
+      xs, ys, errors = zip(*points)
+      ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=group)
+    ax.set_title(_label(key))
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(keys):]:
+    ax.set_visible(False)
+  for ax in axes[:, 0]:
+    ax.set_ylabel("test accuracy")
+  for ax in axes[-1]:
+    ax.set_xlabel("iteration")
+  axes.flat[0].legend()
+  fig.suptitle(title or "Accuracy per iteration: mean ± standard error over runs")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def accuracy_vs_budget_over_runs(rows: Sequence[dict], path, *,
+                                 title: str = "") -> epath.Path:
+  """One panel per group of runs, one line per method: mean accuracy with
+  standard-error bars against mean policy tokens per question, from rows
+  with `group`, `method`, `policy_tokens`, `mean` and `error`."""
+  groups = list(dict.fromkeys(r["group"] for r in rows))
+  fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4),
+                           squeeze=False, sharey=True)
+  for ax, group in zip(axes[0], groups):
+    for method, label in METHOD_LABELS.items():
+      points = sorted((r["policy_tokens"], r["mean"], r["error"]) for r in rows
+                      if r["group"] == group and r["method"] == method)
+      if points:
+        xs, ys, errors = zip(*points)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+    _tokens_axis(ax)
+    ax.set_title(group)
+    ax.grid(alpha=0.3, which="both")
+  axes[0, 0].set_ylabel("test accuracy")
+  axes[0, 0].legend()
+  fig.suptitle(title or "Accuracy vs token budget after the last iteration: "
+               "mean ± standard error over runs")
+  fig.tight_layout()
   return _save(fig, path)

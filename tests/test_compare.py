@@ -1,0 +1,148 @@
+"""`restmcts_jax.compare`: runs over seeds summarized by hand-checked means,
+standard errors and paired differences; bad workdirs named."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from restmcts_jax import compare
+
+
+def _write_run(workdir, seed, greedy, samples=None, budgets=None):
+  """A workdir as `restmcts_jax.main` leaves it: greedy accuracy (and
+  pass@1) per iteration; `budgets` {(method, samples): accuracy} evaluated
+  after the last iteration."""
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(json.dumps({"seed": seed}))
+  metrics, evaluations = [], []
+  for i, g in enumerate(greedy):
+    row = dict(iteration=i, accuracy_greedy=g)
+    if samples is not None:
+      row["sample_accuracy"] = samples[i]
+    if i:
+      row["traces"] = 10 * i
+    metrics.append(row)
+    evaluations.append(dict(iteration=i, method="greedy", samples=1,
+                            accuracy=g, policy_tokens=46.0))
+  for (method, n), accuracy in (budgets or {}).items():
+    evaluations.append(dict(iteration=len(greedy) - 1, method=method,
+                            samples=n, accuracy=accuracy,
+                            policy_tokens=47.0 * n + seed))
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(m) + "\n" for m in metrics))
+  (workdir / "eval.jsonl").write_text(
+      "".join(json.dumps(e) + "\n" for e in evaluations))
+  return str(workdir)
+
+
+@pytest.fixture
+def two_groups(tmp_path):
+  a = [_write_run(tmp_path / "a0", 0, [0.01, 0.04, 0.05], [0.002, 0.01, 0.02],
+                  {("bon", 4): 0.10, ("mcts", 4): 0.12}),
+       _write_run(tmp_path / "a1", 1, [0.03, 0.02, 0.09], [0.004, 0.02, 0.03],
+                  {("bon", 4): 0.14, ("mcts", 4): 0.10})]
+  # Listed in the other seed order: pairs go by config.json's seed.
+  b = [_write_run(tmp_path / "b1", 1, [0.03, 0.05, 0.06], [0.004, 0.01, 0.01]),
+       _write_run(tmp_path / "b0", 0, [0.01, 0.03, 0.04], [0.002, 0.01, 0.03])]
+  return {"mcts": a, "em": b}
+
+
+def _cell(rows, **where):
+  (row,) = [r for r in rows if all(r[k] == v for k, v in where.items())]
+  return row
+
+
+def test_means_errors_and_paired_differences_by_hand(two_groups, tmp_path):
+  summary = compare.compare(two_groups, ["accuracy_greedy", "traces"],
+                            out=tmp_path / "out")
+  cell = _cell(summary["per_iteration"], group="mcts", iteration=2,
+               key="accuracy_greedy")
+  # 0.05 and 0.09: mean 0.07, sample sd 0.02 * sqrt(2), over sqrt(2).
+  assert cell["mean"] == pytest.approx(0.07)
+  assert cell["error"] == pytest.approx(0.02)
+  assert cell["n"] == 2
+  assert _cell(summary["per_iteration"], group="em", iteration=1,
+               key="traces")["mean"] == 10
+  # Iteration 0 has no traces: no cell rather than a zero.
+  assert not [r for r in summary["per_iteration"]
+              if r["iteration"] == 0 and r["key"] == "traces"]
+  # em - mcts after the last iteration: seed 0: 0.04 - 0.05, seed 1: 0.06 -
+  # 0.09; mean -0.02, the differences' sample sd 0.01 * sqrt(2), over
+  # sqrt(2).
+  diff = _cell(summary["paired_differences"], group="em",
+               key="accuracy_greedy")
+  assert diff["baseline"] == "mcts"
+  assert diff["mean"] == pytest.approx(-0.02)
+  assert diff["error"] == pytest.approx(0.01)
+  curve = _cell(summary["budget_curves"], group="mcts", method="bon")
+  assert curve["mean"] == pytest.approx(0.12)
+  assert curve["error"] == pytest.approx(0.02)
+  assert curve["policy_tokens"] == pytest.approx(188.5)  # 188 and 189
+  written = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert written["paired_differences"][0]["mean"] == pytest.approx(-0.02)
+  for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
+    assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rising_counts_runs_and_the_mean(two_groups):
+  runs = [compare.load_run(w) for w in two_groups["mcts"]]
+  # Greedy: a0 rises 1 -> 4 -> 5, a1 falls 3 -> 2; the mean 2 -> 3 -> 7 rises.
+  assert compare.rises_every_iteration(runs, "accuracy_greedy") == dict(
+      key="accuracy_greedy", runs_rising=1, runs=2, mean_rising=True)
+  em = [compare.load_run(w) for w in two_groups["em"]]
+  # b1: 3 -> 5 -> 6, b0: 1 -> 3 -> 4: both rise; pass@1 of b1 is flat.
+  assert compare.rises_every_iteration(em, "accuracy_greedy")["runs_rising"] == 2
+  assert compare.rises_every_iteration(em, "sample_accuracy") == dict(
+      key="sample_accuracy", runs_rising=1, runs=2, mean_rising=True)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=12))
+def test_mean_and_error_match_scipy(values):
+  mean, error = compare.mean_and_error(values)
+  assert mean == pytest.approx(np.mean(values), abs=1e-12)
+  assert error == pytest.approx(stats.sem(values), abs=1e-12)
+
+
+def test_a_single_run_has_no_error(tmp_path):
+  mean, error = compare.mean_and_error([0.25])
+  assert mean == 0.25 and math.isnan(error)
+  run = _write_run(tmp_path / "a", 0, [0.01, 0.02], budgets={("bon", 2): 0.1})
+  compare.compare({"one": [run]}, ["accuracy_greedy"], out=tmp_path / "out")
+  summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+  assert summary["per_iteration"][1] == dict(
+      group="one", iteration=1, key="accuracy_greedy", mean=0.02, error=None,
+      n=1)
+
+
+def test_the_command_prints_tables_and_names_bad_input(two_groups, tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, "-m", "restmcts_jax.compare", *args],
+                          capture_output=True, text=True, check=False)
+  ok = run("--runs=mcts:" + ",".join(two_groups["mcts"]),
+           "--runs=em:" + ",".join(two_groups["em"]),
+           "--metrics=accuracy_greedy")
+  assert ok.returncode == 0, ok.stderr
+  assert "0.07 ± 0.02" in ok.stdout  # mcts, iteration 2
+  assert "-0.02 ± 0.01" in ok.stdout  # em - mcts, paired
+  assert "accuracy_greedy rises at every iteration in 1 of 2 runs" in ok.stdout
+
+  bad = tmp_path / "bad"
+  _write_run(bad, 0, [0.01, 0.02])
+  with open(bad / "metrics.jsonl", "a") as f:
+    f.write("{not json\n")
+  result = run(f"--runs=x:{bad}")
+  assert result.returncode != 0
+  assert f"{bad / 'metrics.jsonl'}:3" in result.stderr
+  result = run(f"--runs=x:{tmp_path / 'missing'}")
+  assert "no metrics.jsonl at" in result.stderr
+  result = run(f"--runs={bad}")
+  assert "expected name:dir,dir" in result.stderr
