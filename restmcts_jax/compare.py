@@ -28,6 +28,7 @@ from etils import epath
 
 from restmcts_jax import paths
 from restmcts_jax import plots
+from restmcts_jax import tables
 
 _RUNS = flags.DEFINE_multi_string(
     "runs", None, "A group of workdirs: `name:dir,dir,...` (one per seed); "
@@ -190,13 +191,6 @@ def _format(cell: dict, scale: float = 1.0) -> str:
   return f"{cell['mean'] * scale:.3g} ± {cell['error'] * scale:.2g}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-  line = lambda r: " | ".join(f"{str(x):>{w}}" for x, w in zip(r, widths))
-  return "\n".join([line(header), "-" * len(line(header))]
-                   + [line(r) for r in rows])
-
-
 def report(iterations: list[dict], curves: list[dict],
            differences: list[dict], rises: list[dict],
            keys: Sequence[str]) -> str:
@@ -208,21 +202,21 @@ def report(iterations: list[dict], curves: list[dict],
                    if (r["group"], r["iteration"]) == (g, i))
        for g, i in lines}
   text = ["Per iteration (mean ± standard error over runs):",
-          _table(["group", "iter", "runs", *shown],
+          tables.text_table(["group", "iter", "runs", *shown],
                  [[g, i, n[g, i], *(_format(cells[g, i, k])
                                     if (g, i, k) in cells else "-"
                                     for k in shown)]
                   for g, i in lines])]
   if curves:
     text += ["", "After the last iteration, accuracy vs budget:",
-             _table(["group", "method", "samples", "runs", "policy tokens",
+             tables.text_table(["group", "method", "samples", "runs", "policy tokens",
                      "accuracy"],
                     [[r["group"], r["method"], r["samples"], r["n"],
                       f"{r['policy_tokens']:.0f}", _format(r)]
                      for r in curves])]
   if differences:
     text += ["", "Last iteration minus the baseline group's, paired by seed:",
-             _table(["group", "baseline", "key", "seeds", "difference"],
+             tables.text_table(["group", "baseline", "key", "seeds", "difference"],
                     [[r["group"], r["baseline"], r["key"], r["n"],
                       _format(r)] for r in differences])]
   text += [""] + [

@@ -32,6 +32,7 @@ from absl import flags
 from restmcts_jax import cli_flags
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
+from restmcts_jax import tables
 from restmcts_jax.tasks import game24
 from restmcts_jax.tasks import registry
 
@@ -109,12 +110,6 @@ def grade_predictions(task: registry.Task,
               correct=correct, accuracy=correct / max(len(problems), 1))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-  line = lambda r: " | ".join(f"{str(x):>{w}}" for x, w in zip(r, widths))
-  return "\n".join([line(header)] + [line(r) for r in rows])
-
-
 def evaluate_checkpoint(workdir, *, task_name: str | None, data: str | None,
                         methods: Sequence[str], budget: int,
                         num_problems: int = 0
@@ -142,7 +137,7 @@ def _main_checkpoint():
   results = evaluate_checkpoint(
       _CHECKPOINT.value, task_name=_TASK.value, data=_DATA.value,
       methods=methods, budget=_BUDGET.value, num_problems=_NUM_PROBLEMS.value)
-  print(_table(("method", "samples", "accuracy", "sample acc",
+  print(tables.text_table(("method", "samples", "accuracy", "sample acc",
                 "policy tokens/q", "value tokens/q"),
                [(r.method, r.samples, f"{r.accuracy:.3f}",
                  "-" if r.sample_accuracy is None
@@ -172,7 +167,7 @@ def _main_predictions():
   predictions = read_predictions(
       _PREDICTIONS.value, {_key(p.question) for p in problems}, data_name)
   result = grade_predictions(task, problems, predictions)
-  print(_table(("task", "problems", "predicted", "correct", "accuracy"),
+  print(tables.text_table(("task", "problems", "predicted", "correct", "accuracy"),
                [(task.name, result["problems"], result["predicted"],
                  result["correct"], f"{result['accuracy']:.3f}")]))
   print(f"RESULT accuracy_predictions {result['accuracy']:.4f}")
