@@ -10,8 +10,9 @@ On 100 test puzzles one run's accuracy moves by a few points from seed to
 seed, the size of one iteration's gain: claims such as "greedy accuracy rises
 every iteration" or "ReST-MCTS* ends above ReST-EM" are read here from the
 mean over seeds, with its standard error. Prints three tables (per
-iteration; accuracy vs budget after the last iteration; each group's last
-iteration against the first group's, paired by `config.seed`) and writes
+iteration; accuracy vs budget at the last iteration every run of a group
+reached; each group there against the first group, paired by `config.seed`)
+and which runs' accuracies rise at every iteration, and writes
 `summary.json`, `accuracy_per_iteration.png` and `accuracy_vs_budget.png`
 to `--out`.
 """
@@ -42,11 +43,14 @@ _METRICS = flags.DEFINE_string(
     "accuracy_tot,accuracy_mcts,search_solved,traces",
     "metrics.jsonl keys to summarize, comma-separated.")
 
+_EVAL_FIELDS = ("iteration", "method", "samples", "accuracy", "policy_tokens")
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One workdir's results: `metrics` (one row per iteration, 0 = warm
-  start) and `evaluations` (one row per iteration, method and budget)."""
+  start), `evaluations` (one row per iteration, method and budget) and the
+  config's seed."""
   workdir: str
   seed: int | None
   metrics: list[dict]
@@ -54,10 +58,17 @@ class Run:
 
   @property
   def last_iteration(self) -> int:
+    """The last iteration the run evaluated."""
     return self.metrics[-1]["iteration"]
 
+  def at(self, iteration: int) -> dict:
+    """The metrics row of `iteration` ({} if the run has none)."""
+    return next((m for m in self.metrics if m["iteration"] == iteration), {})
 
-def _read_jsonl(path: epath.Path) -> list[dict]:
+
+def _read_jsonl(path: epath.Path, fields: Sequence[str]) -> list[dict]:
+  """The JSON objects of `path`, each with `fields`; errors name the file
+  and line."""
   if not path.exists():
     raise FileNotFoundError(
         f"no {path.name} at {path}: not the workdir of a run of "
@@ -70,12 +81,11 @@ def _read_jsonl(path: epath.Path) -> list[dict]:
       row = json.loads(line)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}:{number}: not JSON ({e})") from e
-    if not isinstance(row, dict) or "iteration" not in row:
+    missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+    if missing:
       raise ValueError(f"{path}:{number}: expected a JSON object with "
-                       "'iteration'")
+                       f"{', '.join(map(repr, missing))}")
     rows.append(row)
-  if not rows:
-    raise ValueError(f"{path}: no rows")
   return rows
 
 
@@ -83,12 +93,18 @@ def load_run(workdir) -> Run:
   """Reads `metrics.jsonl`, `eval.jsonl` and the seed in `config.json`;
   errors name the file (and line) that is missing or malformed."""
   workdir = epath.Path(workdir)
-  config = workdir / "config.json"
   seed = None
+  config = workdir / "config.json"
   if config.exists():
-    seed = json.loads(config.read_text()).get("seed")
-  return Run(str(workdir), seed, _read_jsonl(workdir / "metrics.jsonl"),
-             _read_jsonl(workdir / "eval.jsonl"))
+    try:
+      seed = json.loads(config.read_text()).get("seed")
+    except (json.JSONDecodeError, AttributeError) as e:
+      raise ValueError(f"{config}: not a JSON object ({e})") from e
+  metrics = _read_jsonl(workdir / "metrics.jsonl", ("iteration",))
+  if not metrics:
+    raise ValueError(f"{workdir / 'metrics.jsonl'}: no rows")
+  return Run(str(workdir), seed, metrics,
+             _read_jsonl(workdir / "eval.jsonl", _EVAL_FIELDS))
 
 
 def parse_groups(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -105,6 +121,26 @@ def parse_groups(specs: Sequence[str]) -> dict[str, list[str]]:
   return groups
 
 
+def load_groups(groups: dict[str, list[str]]) -> dict[str, list[Run]]:
+  """Every group's runs. A workdir may appear once, and a group holds one
+  run per seed (differences are paired by seed)."""
+  seen, loaded = {}, {}
+  for name, workdirs in groups.items():
+    seeds = {}
+    for workdir in workdirs:
+      if workdir in seen:
+        raise ValueError(f"{workdir} is listed twice (groups {seen[workdir]!r}"
+                         f" and {name!r})")
+      seen[workdir] = name
+      run = load_run(workdir)
+      if run.seed is not None and run.seed in seeds:
+        raise ValueError(f"group {name!r}: {seeds[run.seed]} and {workdir} "
+                         f"both ran seed {run.seed}: one run per seed")
+      seeds[run.seed] = workdir
+      loaded.setdefault(name, []).append(run)
+  return loaded
+
+
 def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
   """Mean and standard error of the mean (sample standard deviation over
   sqrt(n); NaN for a single value)."""
@@ -117,8 +153,14 @@ def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _cell(key: str, values: Sequence[float]) -> dict:
+  """`{key, mean, error, n}` of `values`."""
   mean, error = mean_and_error(values)
   return dict(key=key, mean=mean, error=error, n=len(values))
+
+
+def final_iteration(runs: Sequence[Run]) -> int:
+  """The last iteration every run reached: where runs are compared."""
+  return min(r.last_iteration for r in runs)
 
 
 def per_iteration(groups: dict[str, list[Run]],
@@ -130,8 +172,7 @@ def per_iteration(groups: dict[str, list[Run]],
     iterations = sorted({m["iteration"] for r in runs for m in r.metrics})
     for iteration in iterations:
       for key in keys:
-        values = [m[key] for r in runs for m in r.metrics
-                  if m["iteration"] == iteration and key in m]
+        values = [r.at(iteration)[key] for r in runs if key in r.at(iteration)]
         if values:
           rows.append(dict(group=name, iteration=iteration,
                            **_cell(key, values)))
@@ -139,18 +180,19 @@ def per_iteration(groups: dict[str, list[Run]],
 
 
 def budget_curves(groups: dict[str, list[Run]]) -> list[dict]:
-  """Rows `{group, method, samples, key="accuracy", mean, error, n,
-  policy_tokens}` from each run's last iteration's evaluations."""
+  """Rows `{group, iteration, method, samples, key="accuracy", mean, error,
+  n, policy_tokens}` at each group's `final_iteration`."""
   rows = []
   for name, runs in groups.items():
+    iteration = final_iteration(runs)
     cells = {}
     for run in runs:
       for e in run.evaluations:
-        if e["iteration"] == run.last_iteration:
+        if e["iteration"] == iteration:
           cells.setdefault((e["method"], e["samples"]), []).append(e)
     for (method, samples), evals in cells.items():
       rows.append(dict(
-          group=name, method=method, samples=samples,
+          group=name, iteration=iteration, method=method, samples=samples,
           policy_tokens=sum(e["policy_tokens"] for e in evals) / len(evals),
           **_cell("accuracy", [e["accuracy"] for e in evals])))
   return rows
@@ -158,104 +200,144 @@ def budget_curves(groups: dict[str, list[Run]]) -> list[dict]:
 
 def paired_differences(groups: dict[str, list[Run]],
                        keys: Sequence[str]) -> list[dict]:
-  """Each later group's last-iteration metrics minus the first group's,
-  over the seeds both ran: rows `{group, baseline, key, mean, error, n}`
-  (the mean and standard error of the per-seed differences)."""
+  """Each later group's metrics minus the first group's at the last
+  iteration both reached, over the seeds both ran: rows `{group, baseline,
+  iteration, key, mean, error, n, unpaired}` (the mean and standard error of
+  the per-seed differences; `unpaired`: workdirs of either group whose seed
+  the other lacks)."""
   (baseline, base_runs), *others = groups.items()
-  base = {r.seed: r.metrics[-1] for r in base_runs}
+  base = {r.seed: r for r in base_runs if r.seed is not None}
   rows = []
   for name, runs in others:
-    pairs = [(r.metrics[-1], base[r.seed]) for r in runs if r.seed in base]
+    iteration = min(final_iteration(base_runs), final_iteration(runs))
+    mine = {r.seed: r for r in runs if r.seed is not None}
+    pairs = [(mine[s].at(iteration), base[s].at(iteration))
+             for s in sorted(mine.keys() & base.keys())]
+    unpaired = sorted(r.workdir for r in [*runs, *base_runs]
+                      if r.seed is None or r.seed not in (mine.keys()
+                                                          & base.keys()))
     for key in keys:
       differences = [m[key] - b[key] for m, b in pairs if key in m and key in b]
       if differences:
-        rows.append(dict(group=name, baseline=baseline,
-                         **_cell(key, differences)))
+        rows.append(dict(group=name, baseline=baseline, iteration=iteration,
+                         unpaired=unpaired, **_cell(key, differences)))
   return rows
 
 
 def rises_every_iteration(runs: Sequence[Run], key: str) -> dict:
-  """How many runs' `key` rises at every iteration, and whether the mean
-  over runs does (iterations every run reached)."""
-  series = [[m[key] for m in r.metrics if key in m] for r in runs]
+  """Over the iterations up to `final_iteration` where every run has `key`:
+  how many runs' `key` rises at every one of them, and whether the mean
+  over runs does."""
+  last = final_iteration(runs)
+  iterations = [i for i in range(last + 1)
+                if all(key in r.at(i) for r in runs)]
+  series = [[r.at(i)[key] for i in iterations] for r in runs]
   rising = lambda s: len(s) > 1 and all(a < b for a, b in zip(s, s[1:]))
-  length = min(len(s) for s in series)
-  means = [sum(s[i] for s in series) / len(series) for i in range(length)]
-  return dict(key=key, runs_rising=sum(map(rising, series)), runs=len(runs),
+  means = [sum(column) / len(runs) for column in zip(*series)]
+  return dict(key=key, iterations=iterations,
+              runs_rising=sum(map(rising, series)), runs=len(runs),
               mean_rising=rising(means))
 
 
-def _format(cell: dict, scale: float = 1.0) -> str:
-  if math.isnan(cell["error"]):
-    return f"{cell['mean'] * scale:.3g}"
-  return f"{cell['mean'] * scale:.3g} ± {cell['error'] * scale:.2g}"
+def _is_share(key: str) -> bool:
+  return "accuracy" in key or "solved" in key
 
 
-def report(iterations: list[dict], curves: list[dict],
-           differences: list[dict], rises: list[dict],
-           keys: Sequence[str]) -> str:
-  """The three tables and the rising counts as text."""
-  cells = {(r["group"], r["iteration"], r["key"]): r for r in iterations}
-  lines = list(dict.fromkeys((r["group"], r["iteration"]) for r in iterations))
-  shown = [k for k in keys if any(r["key"] == k for r in iterations)]
-  n = {(g, i): max(r["n"] for r in iterations
-                   if (r["group"], r["iteration"]) == (g, i))
-       for g, i in lines}
-  text = ["Per iteration (mean ± standard error over runs):",
-          tables.text_table(["group", "iter", "runs", *shown],
-                 [[g, i, n[g, i], *(_format(cells[g, i, k])
-                                    if (g, i, k) in cells else "-"
-                                    for k in shown)]
-                  for g, i in lines])]
-  if curves:
-    text += ["", "After the last iteration, accuracy vs budget:",
-             tables.text_table(["group", "method", "samples", "runs", "policy tokens",
-                     "accuracy"],
-                    [[r["group"], r["method"], r["samples"], r["n"],
-                      f"{r['policy_tokens']:.0f}", _format(r)]
-                     for r in curves])]
-  if differences:
-    text += ["", "Last iteration minus the baseline group's, paired by seed:",
-             tables.text_table(["group", "baseline", "key", "seeds", "difference"],
-                    [[r["group"], r["baseline"], r["key"], r["n"],
-                      _format(r)] for r in differences])]
-  text += [""] + [
-      f"{r['group']}: {r['key']} rises at every iteration in "
-      f"{r['runs_rising']} of {r['runs']} runs; the mean "
-      f"{'does' if r['mean_rising'] else 'does not'}" for r in rises]
+def _format(cell: dict, runs: int | None = None) -> str:
+  """`mean ± error`, shares in percent; the count of runs when it is not
+  the row's `runs`."""
+  scale = 100 if _is_share(cell["key"]) else 1
+  text = f"{cell['mean'] * scale:.1f}"
+  if not math.isnan(cell["error"]):
+    text += f" ± {cell['error'] * scale:.1f}"
+  if runs is not None and cell["n"] != runs:
+    text += f" ({cell['n']} runs)"
+  return text
+
+
+def _iteration_table(rows: list[dict], keys: Sequence[str]) -> str:
+  cells = {(r["group"], r["iteration"], r["key"]): r for r in rows}
+  lines = list(dict.fromkeys((r["group"], r["iteration"]) for r in rows))
+  shown = [k for k in keys if any(r["key"] == k for r in rows)]
+  runs = {line: max(r["n"] for r in rows
+                    if (r["group"], r["iteration"]) == line)
+          for line in lines}
+  return tables.text_table(
+      ["group", "iter", "runs", *shown],
+      [[g, i, runs[g, i], *(_format(cells[g, i, k], runs[g, i])
+                            if (g, i, k) in cells else "-" for k in shown)]
+       for g, i in lines])
+
+
+def _budget_table(rows: list[dict]) -> str:
+  return tables.text_table(
+      ["group", "iter", "method", "samples", "runs", "policy tokens",
+       "accuracy %"],
+      [[r["group"], r["iteration"], r["method"], r["samples"], r["n"],
+        f"{r['policy_tokens']:.0f}", _format(r)] for r in rows])
+
+
+def _difference_table(rows: list[dict]) -> str:
+  return tables.text_table(
+      ["group", "baseline", "iter", "key", "seeds", "difference"],
+      [[r["group"], r["baseline"], r["iteration"], r["key"], r["n"],
+        _format(r)] for r in rows])
+
+
+def report(summary: dict, keys: Sequence[str]) -> str:
+  """The tables and the rising counts of `summary` as text."""
+  text = ["Per iteration, mean ± standard error over runs (accuracies and "
+          "shares solved in %):",
+          _iteration_table(summary["per_iteration"], keys)]
+  if summary["budget_curves"]:
+    text += ["", "Accuracy vs budget at the last iteration every run "
+             "reached:", _budget_table(summary["budget_curves"])]
+  if summary["paired_differences"]:
+    text += ["", "Minus the baseline group, paired by seed (points for "
+             "shares):", _difference_table(summary["paired_differences"])]
+    unpaired = sorted({w for r in summary["paired_differences"]
+                       for w in r["unpaired"]})
+    if unpaired:
+      text.append(f"without a run of the same seed in the other group: "
+                  f"{', '.join(unpaired)}")
+  text.append("")
+  for r in summary["rises"]:
+    span = f"iterations {r['iterations'][0]}-{r['iterations'][-1]}"
+    text.append(
+        f"{r['group']}: {r['key']} rises at every step of {span} in "
+        f"{r['runs_rising']} of {r['runs']} runs; their mean "
+        f"{'does' if r['mean_rising'] else 'does not'}")
   return "\n".join(text)
 
 
-def compare(groups: dict[str, list[str]], keys: Sequence[str],
-            out=None) -> dict:
-  """Loads every run, prints the report, and writes `summary.json` and the
-  plots to `out` if given. Returns the summary."""
-  runs = {name: [load_run(w) for w in workdirs]
-          for name, workdirs in groups.items()}
-  summary = dict(
-      per_iteration=per_iteration(runs, keys),
-      budget_curves=budget_curves(runs),
-      paired_differences=paired_differences(runs, keys),
-      rises=[dict(group=name, **rises_every_iteration(rs, key))
-             for name, rs in runs.items()
-             for key in ("accuracy_greedy", "sample_accuracy")
-             if all(any(key in m for m in r.metrics) for r in rs)])
-  print(report(summary["per_iteration"], summary["budget_curves"],
-               summary["paired_differences"], summary["rises"], keys))
-  if out is not None:
-    out = epath.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Strict JSON: a single run's NaN error is written as null.
-    strict = {part: [{k: None if isinstance(v, float) and math.isnan(v) else v
-                      for k, v in row.items()} for row in rows]
-              for part, rows in summary.items()}
-    paths.write_atomic(out / "summary.json", json.dumps(strict, indent=1))
+def summarize(runs: dict[str, list[Run]], keys: Sequence[str]) -> dict:
+  """Every table of the report as rows (see the functions above)."""
+  rises = []
+  for name, group in runs.items():
+    for key in filter(_is_share, keys):
+      rise = rises_every_iteration(group, key)
+      if len(rise["iterations"]) > 1:
+        rises.append(dict(group=name, **rise))
+  return dict(per_iteration=per_iteration(runs, keys),
+              budget_curves=budget_curves(runs),
+              paired_differences=paired_differences(runs, keys), rises=rises)
+
+
+def write(summary: dict, out) -> None:
+  """`summary.json` (a single run's NaN error as null) and the plots."""
+  out = epath.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  strict = {part: [{k: None if isinstance(v, float) and math.isnan(v) else v
+                    for k, v in row.items()} for row in rows]
+            for part, rows in summary.items()}
+  paths.write_atomic(out / "summary.json", json.dumps(strict, indent=1))
+  accuracy = [r for r in summary["per_iteration"] if "accuracy" in r["key"]]
+  if accuracy:
     plots.accuracy_per_iteration_over_runs(
-        summary["per_iteration"], out / "accuracy_per_iteration.png")
-    if summary["budget_curves"]:
-      plots.accuracy_vs_budget_over_runs(
-          summary["budget_curves"], out / "accuracy_vs_budget.png")
-  return summary
+        accuracy, out / "accuracy_per_iteration.png")
+  if summary["budget_curves"]:
+    plots.accuracy_vs_budget_over_runs(
+        summary["budget_curves"], out / "accuracy_vs_budget.png")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -264,11 +346,14 @@ def main(argv: Sequence[str]) -> None:
   if not _RUNS.value:
     raise app.UsageError("give at least one --runs=name:dir,dir,...")
   try:
-    groups = parse_groups(_RUNS.value)
-    keys = [k for k in _METRICS.value.split(",") if k]
-    compare(groups, keys, _OUT.value)
+    runs = load_groups(parse_groups(_RUNS.value))
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
+  keys = [k for k in _METRICS.value.split(",") if k]
+  summary = summarize(runs, keys)
+  print(report(summary, keys))
+  if _OUT.value:
+    write(summary, _OUT.value)
 
 
 if __name__ == "__main__":

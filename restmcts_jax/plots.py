@@ -79,40 +79,41 @@ def accuracy_vs_budget(rows: Sequence[dict], path, *,
 
 
 def _label(key: str) -> str:
-  method = key.removeprefix("accuracy_")
+  """A metrics key's legend text: the method's name or pass@1."""
   if key == "sample_accuracy":
     return "policy samples (pass@1)"
-  return METHOD_LABELS.get(method, key)
+  return METHOD_LABELS.get(key.removeprefix("accuracy_"), key)
 
 
 def accuracy_per_iteration_over_runs(rows: Sequence[dict], path, *,
                                      title: str = "") -> epath.Path:
-  """One panel per accuracy metric, one line per group of runs: the mean
-  over the group's runs per iteration with standard-error bars, from rows
-  with `group`, `iteration`, `key`, `mean` and `error` (NaN: no bar)."""
-  keys = list(dict.fromkeys(r["key"] for r in rows if "accuracy" in r["key"]))
+  """One panel per metric, one line per group of runs: the mean over the
+  group's runs per iteration with standard-error bars, from rows with
+  `group`, `iteration`, `key`, `mean` and `error` (NaN: no bar)."""
+  keys = list(dict.fromkeys(r["key"] for r in rows))
   groups = list(dict.fromkeys(r["group"] for r in rows))
-  columns = min(len(keys), 3) or 1
-  fig, axes = plt.subplots(-(-len(keys) // columns) or 1, columns,
-                           figsize=(4.2 * columns, 3.2 * -(-len(keys) // columns)),
-                           squeeze=False, sharex=True)
+  columns = min(len(keys), 3)
+  height = -(-len(keys) // columns)
+  fig, axes = plt.subplots(height, columns, squeeze=False, sharex=True,
+                           figsize=(4.2 * columns, 3.2 * height))
   for ax, key in zip(axes.flat, keys):
     for group in groups:
       points = sorted((r["iteration"], r["mean"], r["error"]) for r in rows
                       if r["group"] == group and r["key"] == key)
-      xs, ys, errors = zip(*points)
-      ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=group)
+      if points:
+        xs, ys, errors = zip(*points)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=group)
     ax.set_title(_label(key))
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
   for ax in axes.flat[len(keys):]:
     ax.set_visible(False)
   for ax in axes[:, 0]:
     ax.set_ylabel("test accuracy")
   for ax in axes[-1]:
     ax.set_xlabel("iteration")
-  axes.flat[0].legend()
-  fig.suptitle(title or "Accuracy per iteration: mean ± standard error over runs")
+  fig.suptitle(title or "Mean ± standard error over runs")
   fig.tight_layout()
   return _save(fig, path)
 
@@ -121,7 +122,8 @@ def accuracy_vs_budget_over_runs(rows: Sequence[dict], path, *,
                                  title: str = "") -> epath.Path:
   """One panel per group of runs, one line per method: mean accuracy with
   standard-error bars against mean policy tokens per question, from rows
-  with `group`, `method`, `policy_tokens`, `mean` and `error`."""
+  with `group`, `iteration`, `method`, `policy_tokens`, `mean` and
+  `error`."""
   groups = list(dict.fromkeys(r["group"] for r in rows))
   fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4),
                            squeeze=False, sharey=True)
@@ -133,11 +135,12 @@ def accuracy_vs_budget_over_runs(rows: Sequence[dict], path, *,
         xs, ys, errors = zip(*points)
         ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
     _tokens_axis(ax)
-    ax.set_title(group)
+    iteration = next(r["iteration"] for r in rows if r["group"] == group)
+    ax.set_title(f"{group}, iteration {iteration}")
     ax.grid(alpha=0.3, which="both")
   axes[0, 0].set_ylabel("test accuracy")
   axes[0, 0].legend()
-  fig.suptitle(title or "Accuracy vs token budget after the last iteration: "
-               "mean ± standard error over runs")
+  fig.suptitle(title or "Accuracy vs token budget, mean ± standard error "
+               "over runs")
   fig.tight_layout()
   return _save(fig, path)

@@ -3,6 +3,7 @@ standard errors and paired differences; bad workdirs named."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -61,8 +62,9 @@ def _cell(rows, **where):
 
 
 def test_means_errors_and_paired_differences_by_hand(two_groups, tmp_path):
-  summary = compare.compare(two_groups, ["accuracy_greedy", "traces"],
-                            out=tmp_path / "out")
+  summary = compare.summarize(compare.load_groups(two_groups),
+                              ["accuracy_greedy", "traces"])
+  compare.write(summary, tmp_path / "out")
   cell = _cell(summary["per_iteration"], group="mcts", iteration=2,
                key="accuracy_greedy")
   # 0.05 and 0.09: mean 0.07, sample sd 0.02 * sqrt(2), over sqrt(2).
@@ -96,12 +98,14 @@ def test_rising_counts_runs_and_the_mean(two_groups):
   runs = [compare.load_run(w) for w in two_groups["mcts"]]
   # Greedy: a0 rises 1 -> 4 -> 5, a1 falls 3 -> 2; the mean 2 -> 3 -> 7 rises.
   assert compare.rises_every_iteration(runs, "accuracy_greedy") == dict(
-      key="accuracy_greedy", runs_rising=1, runs=2, mean_rising=True)
+      key="accuracy_greedy", iterations=[0, 1, 2], runs_rising=1, runs=2,
+      mean_rising=True)
   em = [compare.load_run(w) for w in two_groups["em"]]
   # b1: 3 -> 5 -> 6, b0: 1 -> 3 -> 4: both rise; pass@1 of b1 is flat.
   assert compare.rises_every_iteration(em, "accuracy_greedy")["runs_rising"] == 2
   assert compare.rises_every_iteration(em, "sample_accuracy") == dict(
-      key="sample_accuracy", runs_rising=1, runs=2, mean_rising=True)
+      key="sample_accuracy", iterations=[0, 1, 2], runs_rising=1, runs=2,
+      mean_rising=True)
 
 
 @settings(max_examples=50, deadline=None)
@@ -116,7 +120,8 @@ def test_a_single_run_has_no_error(tmp_path):
   mean, error = compare.mean_and_error([0.25])
   assert mean == 0.25 and math.isnan(error)
   run = _write_run(tmp_path / "a", 0, [0.01, 0.02], budgets={("bon", 2): 0.1})
-  compare.compare({"one": [run]}, ["accuracy_greedy"], out=tmp_path / "out")
+  compare.write(compare.summarize(compare.load_groups({"one": [run]}),
+                                  ["accuracy_greedy"]), tmp_path / "out")
   summary = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert summary["per_iteration"][1] == dict(
       group="one", iteration=1, key="accuracy_greedy", mean=0.02, error=None,
@@ -131,9 +136,10 @@ def test_the_command_prints_tables_and_names_bad_input(two_groups, tmp_path):
            "--runs=em:" + ",".join(two_groups["em"]),
            "--metrics=accuracy_greedy")
   assert ok.returncode == 0, ok.stderr
-  assert "0.07 ± 0.02" in ok.stdout  # mcts, iteration 2
-  assert "-0.02 ± 0.01" in ok.stdout  # em - mcts, paired
-  assert "accuracy_greedy rises at every iteration in 1 of 2 runs" in ok.stdout
+  assert "7.0 ± 2.0" in ok.stdout  # mcts, iteration 2, in %
+  assert "-2.0 ± 1.0" in ok.stdout  # em - mcts, paired
+  assert ("mcts: accuracy_greedy rises at every step of iterations 0-2 in 1 "
+          "of 2 runs; their mean does") in ok.stdout
 
   bad = tmp_path / "bad"
   _write_run(bad, 0, [0.01, 0.02])
@@ -146,3 +152,86 @@ def test_the_command_prints_tables_and_names_bad_input(two_groups, tmp_path):
   assert "no metrics.jsonl at" in result.stderr
   result = run(f"--runs={bad}")
   assert "expected name:dir,dir" in result.stderr
+
+
+def test_runs_of_different_lengths_meet_at_the_last_common_iteration(
+    tmp_path):
+  # a1 stopped after iteration 1: the group is compared there.
+  groups = compare.load_groups({
+      "a": [_write_run(tmp_path / "a0", 0, [0.01, 0.04, 0.05],
+                       budgets={("bon", 4): 0.2}),
+            _write_run(tmp_path / "a1", 1, [0.03, 0.02],
+                       budgets={("bon", 4): 0.1})],
+      "b": [_write_run(tmp_path / "b0", 0, [0.01, 0.06, 0.09]),
+            _write_run(tmp_path / "b1", 1, [0.03, 0.05, 0.01])]})
+  summary = compare.summarize(groups, ["accuracy_greedy"])
+  # The budget table reads iteration 1: a0's budget rows are iteration 2's.
+  (bon,) = [r for r in summary["budget_curves"] if r["method"] == "bon"]
+  assert (bon["iteration"], bon["n"], bon["mean"]) == (1, 1, 0.1)
+  greedy = _cell(summary["budget_curves"], group="a", method="greedy")
+  assert greedy["mean"] == pytest.approx(0.03)  # 0.04 and 0.02
+  # b - a at iteration 1: 0.06 - 0.04 and 0.05 - 0.02.
+  diff = _cell(summary["paired_differences"], key="accuracy_greedy")
+  assert diff["iteration"] == 1
+  assert diff["mean"] == pytest.approx(0.025)
+  assert diff["error"] == pytest.approx(0.005)
+  # Per iteration, iteration 2 has a0 alone.
+  cell = _cell(summary["per_iteration"], group="a", iteration=2)
+  assert (cell["n"], cell["mean"]) == (1, 0.05)
+  assert re.search(r"^ *a \| +2 \| +1 \| +5\.0$",
+                   compare.report(summary, ["accuracy_greedy"]), re.M)
+  # Rising over iterations 0-1 only: a0 rises, a1 falls.
+  (rise,) = [r for r in summary["rises"] if r["group"] == "a"]
+  assert (rise["iterations"], rise["runs_rising"]) == ([0, 1], 1)
+
+
+def test_unmatched_seeds_are_reported_not_paired(tmp_path):
+  groups = compare.load_groups({
+      "a": [_write_run(tmp_path / "a0", 0, [0.01, 0.05]),
+            _write_run(tmp_path / "a1", 1, [0.01, 0.07])],
+      "b": [_write_run(tmp_path / "b1", 1, [0.01, 0.04]),
+            _write_run(tmp_path / "b2", 2, [0.01, 0.09])]})
+  summary = compare.summarize(groups, ["accuracy_greedy"])
+  diff = _cell(summary["paired_differences"], key="accuracy_greedy")
+  assert (diff["n"], diff["mean"]) == (1, pytest.approx(-0.03))
+  assert diff["unpaired"] == [str(tmp_path / "a0"), str(tmp_path / "b2")]
+  assert str(tmp_path / "b2") in compare.report(summary, ["accuracy_greedy"])
+
+
+def test_a_group_without_a_metric_still_plots(tmp_path):
+  a = _write_run(tmp_path / "a", 0, [0.01, 0.05], [0.01, 0.02])
+  b = _write_run(tmp_path / "b", 0, [0.01, 0.04])  # no sample_accuracy
+  summary = compare.summarize(compare.load_groups({"a": [a], "b": [b]}),
+                              ["sample_accuracy", "traces"])
+  compare.write(summary, tmp_path / "out")
+  assert (tmp_path / "out" / "accuracy_per_iteration.png").exists()
+  # Without an accuracy key there is nothing to plot per iteration.
+  summary = compare.summarize(compare.load_groups({"c": [
+      _write_run(tmp_path / "c", 0, [0.01, 0.04])]}), ["traces"])
+  compare.write(summary, tmp_path / "out2")
+  assert not (tmp_path / "out2" / "accuracy_per_iteration.png").exists()
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("repeated seed", "both ran seed 0: one run per seed"),
+    ("repeated workdir", "is listed twice"),
+    ("bad config", "config.json: not a JSON object"),
+    ("eval row", "eval.jsonl:1: expected a JSON object with 'policy_tokens'"),
+    ("no metrics", "metrics.jsonl: no rows"),
+])
+def test_bad_groups_name_the_file_or_run(tmp_path, problem, message):
+  a = _write_run(tmp_path / "a", 0, [0.01, 0.05])
+  b = _write_run(tmp_path / "b", 0 if problem == "repeated seed" else 1,
+                 [0.01, 0.05])
+  groups = {"x": [a, b]}
+  if problem == "repeated workdir":
+    groups = {"x": [a], "y": [a]}
+  elif problem == "bad config":
+    (tmp_path / "b" / "config.json").write_text("[1, 2")
+  elif problem == "eval row":
+    (tmp_path / "b" / "eval.jsonl").write_text(
+        '{"iteration": 0, "method": "greedy", "samples": 1, "accuracy": 0}\n')
+  elif problem == "no metrics":
+    (tmp_path / "b" / "metrics.jsonl").write_text("\n")
+  with pytest.raises(ValueError, match=message):
+    compare.load_groups(groups)
