@@ -102,7 +102,8 @@ def test_rising_counts_runs_and_the_mean(two_groups):
       mean_rising=True)
   em = [compare.load_run(w) for w in two_groups["em"]]
   # b1: 3 -> 5 -> 6, b0: 1 -> 3 -> 4: both rise; pass@1 of b1 is flat.
-  assert compare.rises_every_iteration(em, "accuracy_greedy")["runs_rising"] == 2
+  rise = compare.rises_every_iteration(em, "accuracy_greedy")
+  assert rise["runs_rising"] == 2
   assert compare.rises_every_iteration(em, "sample_accuracy") == dict(
       key="sample_accuracy", iterations=[0, 1, 2], runs_rising=1, runs=2,
       mean_rising=True)
