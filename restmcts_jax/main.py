@@ -14,17 +14,20 @@ detects the cluster (Cloud TPU), or with explicit flags elsewhere:
 
 import ast
 import contextlib
+import json
 import logging as std_logging
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 from ml_collections import config_flags
 
 from restmcts_jax import cli_flags
 from restmcts_jax import distributed
 from restmcts_jax import selftrain
+from restmcts_jax import tables
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
@@ -64,9 +67,13 @@ def main(argv):
   except (FileNotFoundError, ValueError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
   if distributed.is_main():
-    for row in metrics:
-      print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in row.items()))
+    workdir = epath.Path(_WORKDIR.value)
+    evaluations = workdir / "eval.jsonl"
+    print(tables.run_report(metrics, [
+        json.loads(line) for line in evaluations.read_text().splitlines()
+    ] if evaluations.exists() else []))
+    print(f"\nIn {workdir}: metrics.jsonl, eval.jsonl, plots/*.png, "
+          "trees/, tensorboard/")
 
 
 def parse_flags(argv):

@@ -78,11 +78,18 @@ def finished(tmp):
   workdir = tmp / "uninterrupted"
   code, out = _finish(_main(workdir, tmp))
   assert code == 0, out
+  (tmp / "uninterrupted.out").write_text(out)
   return workdir
 
 
-def test_a_finished_run_writes_metrics_plots_trees_and_events(finished):
+def test_a_finished_run_writes_metrics_plots_trees_and_events(finished, tmp):
   metrics = _metrics(finished)
+  # It ends by printing them as tables, in percent.
+  out = (tmp / "uninterrupted.out").read_text()
+  assert "iteration | greedy | pass@1 |" in out
+  row = next(l for l in out.splitlines() if l.split("|")[0].strip() == "1")
+  greedy = 100 * metrics[1]["accuracy_greedy"]
+  assert row.split("|")[1].strip() == f"{greedy:.1f}"
   assert [m["iteration"] for m in metrics] == [0, 1]
   # The value warm start: D_V0 as it is, then the first-step mix.
   assert 0 < metrics[0]["warmstart_value_loss"] < 1
