@@ -56,10 +56,9 @@ def get_config():
   # drawn so that first-step records make `value_first_step_share` of it
   # (12% as it is): V ranks first moves little better than chance (AUC 0.58
   # on the policy's samples), 2,400 such steps at half took it to 0.69 and
-  # the second step's from 0.78 to 0.89; over four seeds MCTS* then
-  # narrowed its gap to Best-of-N at every budget (test, budget 4: from 1.1
-  # points below to 0.3 above; 8: from 0.2 to 3.4 above) but greedy decoding
-  # ended at 3 / 3 / 9 / 4% against 10 / 6 / 9 / 5% (BENCHMARKS.md), so it
+  # the second step's from 0.78 to 0.89; over six seeds MCTS* then gained
+  # 0.5 / 0.6 / 1.5 points at budgets 2 / 4 / 8 (test; Best-of-N unchanged)
+  # but greedy decoding ended 2.2 ± 1.1 points lower (BENCHMARKS.md), so it
   # is off.
   config.warmstart = ml_collections.ConfigDict(dict(
       steps=1500, batch_size=32, learning_rate=3e-4, examples=48000,
