@@ -137,13 +137,12 @@ def _main_checkpoint():
   results = evaluate_checkpoint(
       _CHECKPOINT.value, task_name=_TASK.value, data=_DATA.value,
       methods=methods, budget=_BUDGET.value, num_problems=_NUM_PROBLEMS.value)
-  print(tables.text_table(("method", "samples", "accuracy", "sample acc",
-                "policy tokens/q", "value tokens/q"),
-               [(r.method, r.samples, f"{r.accuracy:.3f}",
-                 "-" if r.sample_accuracy is None
-                 else f"{r.sample_accuracy:.3f}",
-                 f"{r.policy_tokens:.1f}", f"{r.value_tokens:.1f}")
-                for r in results]))
+  print(tables.text_table(
+      ("method", "samples", "accuracy", "sample acc", "policy tokens/q",
+       "value tokens/q"),
+      [(r.method, r.samples, f"{r.accuracy:.3f}",
+        "-" if r.sample_accuracy is None else f"{r.sample_accuracy:.3f}",
+        f"{r.policy_tokens:.1f}", f"{r.value_tokens:.1f}") for r in results]))
   for r in results:
     print(f"RESULT accuracy_{r.method} {r.accuracy:.4f}")
 
@@ -167,9 +166,10 @@ def _main_predictions():
   predictions = read_predictions(
       _PREDICTIONS.value, {_key(p.question) for p in problems}, data_name)
   result = grade_predictions(task, problems, predictions)
-  print(tables.text_table(("task", "problems", "predicted", "correct", "accuracy"),
-               [(task.name, result["problems"], result["predicted"],
-                 result["correct"], f"{result['accuracy']:.3f}")]))
+  print(tables.text_table(
+      ("task", "problems", "predicted", "correct", "accuracy"),
+      [(task.name, result["problems"], result["predicted"], result["correct"],
+        f"{result['accuracy']:.3f}")]))
   print(f"RESULT accuracy_predictions {result['accuracy']:.4f}")
 
 
