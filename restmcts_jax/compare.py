@@ -30,6 +30,7 @@ from etils import epath
 from restmcts_jax import paths
 from restmcts_jax import plots
 from restmcts_jax import tables
+from restmcts_jax.tasks import jsonl
 
 _RUNS = flags.DEFINE_multi_string(
     "runs", None, "A group of workdirs: `name:dir,dir,...` (one per seed); "
@@ -73,20 +74,15 @@ def _read_jsonl(path: epath.Path, fields: Sequence[str]) -> list[dict]:
     raise FileNotFoundError(
         f"no {path.name} at {path}: not the workdir of a run of "
         "`python -m restmcts_jax.main`, or one that has not evaluated yet")
-  rows = []
-  for number, line in enumerate(path.read_text().splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not JSON ({e})") from e
-    missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+
+  def with_fields(row: dict) -> dict:
+    missing = [f for f in fields if f not in row]
     if missing:
-      raise ValueError(f"{path}:{number}: expected a JSON object with "
+      raise ValueError(f"expected a JSON object with "
                        f"{', '.join(map(repr, missing))}")
-    rows.append(row)
-  return rows
+    return row
+
+  return jsonl.read_jsonl(path, with_fields)
 
 
 def load_run(workdir) -> Run:
@@ -211,11 +207,11 @@ def paired_differences(groups: dict[str, list[Run]],
   for name, runs in others:
     iteration = min(final_iteration(base_runs), final_iteration(runs))
     mine = {r.seed: r for r in runs if r.seed is not None}
+    common = mine.keys() & base.keys()
     pairs = [(mine[s].at(iteration), base[s].at(iteration))
-             for s in sorted(mine.keys() & base.keys())]
+             for s in sorted(common)]
     unpaired = sorted(r.workdir for r in [*runs, *base_runs]
-                      if r.seed is None or r.seed not in (mine.keys()
-                                                          & base.keys()))
+                      if r.seed not in common)
     for key in keys:
       differences = [m[key] - b[key] for m, b in pairs if key in m and key in b]
       if differences:

@@ -14,7 +14,6 @@ detects the cluster (Cloud TPU), or with explicit flags elsewhere:
 
 import ast
 import contextlib
-import json
 import logging as std_logging
 import sys
 
@@ -28,6 +27,7 @@ from restmcts_jax import cli_flags
 from restmcts_jax import distributed
 from restmcts_jax import selftrain
 from restmcts_jax import tables
+from restmcts_jax.tasks import jsonl
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
@@ -69,9 +69,8 @@ def main(argv):
   if distributed.is_main():
     workdir = epath.Path(_WORKDIR.value)
     evaluations = workdir / "eval.jsonl"
-    print(tables.run_report(metrics, [
-        json.loads(line) for line in evaluations.read_text().splitlines()
-    ] if evaluations.exists() else []))
+    print(tables.run_report(metrics, jsonl.read_jsonl(evaluations, dict)
+                            if evaluations.exists() else []))
     print(f"\nIn {workdir}: metrics.jsonl, eval.jsonl, plots/*.png, "
           "trees/, tensorboard/")
 

@@ -36,6 +36,13 @@ def _tokens_axis(ax) -> None:
   ax.set_xlabel("policy tokens per question")
 
 
+def _label(key: str) -> str:
+  """A metrics key's legend text: the method's name or pass@1."""
+  if key == "sample_accuracy":
+    return "policy samples (pass@1)"
+  return METHOD_LABELS.get(key.removeprefix("accuracy_"), key)
+
+
 def accuracy_per_iteration(metrics: Sequence[dict], path, *,
                            title: str = "") -> epath.Path:
   """Accuracy of each method (at the main budget) per self-training
@@ -43,13 +50,13 @@ def accuracy_per_iteration(metrics: Sequence[dict], path, *,
   dashed, the share of sampled solutions that are correct
   (`sample_accuracy`: the sampling policy's pass@1)."""
   fig, ax = plt.subplots(figsize=(6, 4))
-  lines = [(f"accuracy_{m}", label, "-") for m, label in METHOD_LABELS.items()]
-  lines.append(("sample_accuracy", "policy samples (pass@1)", "--"))
-  for key, label, style in lines:
+  keys = [f"accuracy_{m}" for m in METHOD_LABELS] + ["sample_accuracy"]
+  for key in keys:
     points = [(m["iteration"], m[key]) for m in metrics if key in m]
     if points:
       xs, ys = zip(*points)
-      ax.plot(xs, ys, style, marker="o", label=label)
+      ax.plot(xs, ys, "--" if key == "sample_accuracy" else "-", marker="o",
+              label=_label(key))
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel("self-training iteration (0 = warm start)")
   ax.set_ylabel("test accuracy")
@@ -76,13 +83,6 @@ def accuracy_vs_budget(rows: Sequence[dict], path, *,
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   return _save(fig, path)
-
-
-def _label(key: str) -> str:
-  """A metrics key's legend text: the method's name or pass@1."""
-  if key == "sample_accuracy":
-    return "policy samples (pass@1)"
-  return METHOD_LABELS.get(key.removeprefix("accuracy_"), key)
 
 
 def accuracy_per_iteration_over_runs(rows: Sequence[dict], path, *,

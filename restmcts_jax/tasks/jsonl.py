@@ -5,18 +5,20 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from etils import epath
+
 T = TypeVar("T")
 
 
 def read_jsonl(path: str | os.PathLike, parse: Callable[[dict], T]) -> list[T]:
-  """`parse(row)` of every non-blank line of `path`.
+  """`parse(row)` of every non-blank line of `path` (local or a URL).
 
   Raises:
     ValueError: a line is not JSON, not an object, or `parse` rejects it; the
       message names `path` and the 1-based line number.
   """
   examples = []
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open(encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
         continue
