@@ -81,7 +81,8 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   metrics, two, workdir, outs = _one_and_two_processes(tmp_path, 2)
   assert two == metrics
   # Only process 0 prints and writes the results.
-  assert "iteration=1" in outs[0] and "iteration=1" not in outs[1]
+  table = "Accuracy % per iteration"
+  assert table in outs[0] and table not in outs[1]
   assert (workdir / "plots" / "accuracy_per_iteration.png").is_file()
 
 
