@@ -15,6 +15,10 @@ same depth (ties count half):
     python bench/value_ranking.py --workdir runs/game24 [--values runs/other]
 
 `--values` scores the same positions with other runs' value models.
+`--targets` also ranks what value training learns from: the Eq. 1-2 targets
+of the trees' records in the checkpoint (`D_V`) and of `--targets` records
+drawn from `D_V0`, each against the exact value of its position, and the
+checkpoint's V on those records.
 `--train "name:key=value,...;..."` also trains copies of the checkpoint's
 value model further on `D_V0` (the run's own warm-start records), one row per
 variant, all in this process: `steps`, `learning_rate`, `batch_size`,
@@ -41,8 +45,10 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import oracle_value  # pylint: disable=g-import-not-at-top
+from restmcts_jax import checkpoint
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
+from restmcts_jax import selftrain
 from restmcts_jax.models import value_head
 from restmcts_jax.tasks import game24
 from restmcts_jax.training import batching
@@ -140,6 +146,64 @@ def score(value_model, tokenizer, texts, batch_size: int = 256) -> np.ndarray:
   return np.concatenate(out)
 
 
+def record_positions(texts, max_depth: int) -> Positions:
+  """Value records' texts (question + steps, as tokenized), labelled by
+  `oracle_value.exact_value`."""
+  depth = [sum(1 for line in t.split("\n")[1:] if line.strip())
+           for t in texts]
+  winnable = [oracle_value.exact_value(t, max_depth) > 0 for t in texts]
+  return Positions(list(texts), np.array(depth), np.array(winnable))
+
+
+def tree_records(workdir) -> selftrain.Buffers:
+  """The buffers (D_V, D_G) of the workdir's latest checkpoint."""
+  folder = experiment.workdir_path(workdir) / "checkpoints"
+  checkpoints = checkpoint.Checkpointer(folder)
+  try:
+    return selftrain.Buffers.from_arrays(checkpoints.read_buffers())
+  finally:
+    checkpoints.close()
+
+
+def target_rankings(trees: selftrain.Buffers, config, tokenizer, count: int,
+                    seed: int) -> dict[str, tuple[np.ndarray, Positions]]:
+  """`{name: (targets, positions)}` of the trees' value records and of
+  `count` records drawn from the config's `D_V0`."""
+  rows, targets, _ = experiment.initial_value_records(
+      config, experiment.load_data(config), tokenizer)
+  picks = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)),
+                                             replace=False)
+  out = {}
+  for name, (rows, targets) in {
+      f"trees' D_V ({len(trees.value_rows)})": (trees.value_rows,
+                                                trees.value_targets),
+      f"D_V0 ({len(picks)} of {len(rows)})": ([rows[i] for i in picks],
+                                             [targets[i] for i in picks]),
+  }.items():
+    if rows:
+      out[name] = (np.asarray(targets), record_positions(
+          [tokenizer.decode(r) for r in rows], config.max_depth))
+  return out
+
+
+def print_target_table(title: str,
+                       rows: dict[str, tuple[np.ndarray, Positions]]):
+  """Prints each row's AUC by depth, with the winnable share of its own
+  positions in brackets."""
+  depths = sorted({k for _, p in rows.values() for k in p.depth.tolist()})
+  width = max(map(len, rows)) + 1
+  header = "records".ljust(width) + "".join(
+      f" | {'step ' + str(k):>14}" for k in depths)
+  print(f"\n{title}\n{header}\n" + "-" * len(header))
+  for name, (targets, positions) in rows.items():
+    aucs = aucs_by_depth(targets, positions)
+    share = lambda k: positions.winnable[positions.depth == k].mean()
+    cells = [f"{aucs[k]:.3f} ({share(k):.2f})" if k in aucs else "-"
+             for k in depths]
+    print(name.ljust(width) + "".join(f" | {c:>14}" for c in cells),
+          flush=True)
+
+
 def aucs_by_depth(values: np.ndarray, positions: Positions) -> dict:
   return {k: auc(values[positions.depth == k],
                  positions.winnable[positions.depth == k])
@@ -209,6 +273,10 @@ def main():
   parser.add_argument("--values", default="",
                       help="workdirs whose value models also score the "
                            "positions (same task and tokenizer)")
+  parser.add_argument("--targets", type=int, default=0,
+                      help="also rank the value targets of the trees' "
+                           "records in the checkpoint and of this many "
+                           "D_V0 records (0: skip)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   variants = parse_variants(args.train)
@@ -275,6 +343,21 @@ def main():
       print(name.ljust(width) + "".join(
           f" | {results[source, name][k]:>13.3f}" for k in depths),
           flush=True)
+  if args.targets:
+    records = target_rankings(tree_records(args.workdir), config, tokenizer,
+                              args.targets, args.seed)
+    # Beside each set's targets, the checkpoint's V on the same positions:
+    # a V that ranks its training records no better than held-out ones
+    # underfits rather than fails to generalize.
+    rows = {}
+    for name, (targets, positions) in records.items():
+      rows[f"{name}: targets"] = targets, positions
+      rows[f"{name}: V"] = score(value_model, tokenizer,
+                                 positions.texts), positions
+    print_target_table(
+        "training records: AUC of their value targets and of the "
+        "checkpoint's V, winnable vs lost positions, by steps taken "
+        "(winnable share in brackets)", rows)
   print("RESULT value_auc_depth1 "
         f"{results['random legal games', 'checkpoint'][1]:.4f}")
 

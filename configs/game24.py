@@ -95,6 +95,9 @@ def get_config():
       # first steps no better (0.56 / 0.56 vs 0.55 / 0.57; BENCHMARKS.md),
       # so SPEC's stays. The `*value_loss` metrics are the configured loss.
       value_loss="mse",
+      # The share of value training's records drawn from the trees' D_V
+      # (the rest from D_V0); unset: uniformly over D_V0 and D_V together.
+      value_tree_share=ml_collections.config_dict.placeholder(float),
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
       length_buckets=""))

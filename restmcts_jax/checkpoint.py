@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -87,17 +88,32 @@ class Checkpointer:
     out = self._manager.restore(step, args=ocp.args.Composite(**items))
     return out.state, (out.buffers if has_buffers else {}), out.meta
 
-  def read_meta(self, step: int | None = None) -> dict[str, Any]:
-    """The JSON meta of checkpoint `step` (the latest by default), without
-    reading any array."""
+  def _complete_step(self, step: int | None) -> int:
+    """`step`, or the latest; FileNotFoundError unless it is complete."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise FileNotFoundError(
           f"no complete checkpoint {'' if step is None else step} in "
           f"{self.directory}")
+    return step
+
+  def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON meta of checkpoint `step` (the latest by default), without
+    reading any array."""
     out = self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        self._complete_step(step),
+        args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return out.meta
+
+  def read_buffers(self, step: int | None = None) -> dict[str, np.ndarray]:
+    """The buffers of checkpoint `step` (the latest by default) as host
+    arrays, without the state; {} where it saved none."""
+    step = self._complete_step(step)
+    if not (self.directory / str(step) / "buffers").is_dir():
+      return {}
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(buffers=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, dict(out.buffers))
 
   def close(self) -> None:
     self._manager.close()

@@ -449,7 +449,7 @@ def _backfill(config) -> dict:
           "warmstart.value_first_steps": 0,
           "warmstart.value_first_step_share": 0.5,
           "train.length_buckets": "", "train.trace_history": "iteration",
-          "train.value_loss": "mse",
+          "train.value_loss": "mse", "train.value_tree_share": None,
           "search.skip_exhausted": False, "search.max_expansions": 1,
           "search.widen_visits": 0,
           "eval.search": {**{k: v for k, v in config.search.items()

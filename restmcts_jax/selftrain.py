@@ -598,17 +598,37 @@ class _Loop:
     repeats = -(-(total - count) // len(traces))  # ceil
     return (traces * repeats)[:total - count] + replay
 
+  def _value_examples(self, buffers, seed: int
+                      ) -> tuple[list[list[int]], list[float]]:
+    """D_V_i with the earlier data, D_V0 included: all of it, or, with
+    `train.value_tree_share` set, `value_steps x batch_size` records of
+    which that share are the trees' (repeated as needed) and the rest drawn
+    from D_V0. Uniformly over the union, a few hundred tree records beside
+    D_V0's ~10^5 are a percent of what value training sees."""
+    c = self.config.train
+    rows, targets, _ = self.initial_value_records
+    share = c.get("value_tree_share")
+    if share is None or not rows:
+      return rows + buffers.value_rows, targets + buffers.value_targets
+    total = c.value_steps * c.batch_size
+    count = round(share * total)
+    rng, size = np.random.default_rng(seed), len(buffers.value_rows)
+    tree = np.concatenate([rng.permutation(size)
+                           for _ in range(-(-count // size))])[:count]
+    initial = np.random.default_rng(seed + 1).choice(len(rows), total - count)
+    return ([buffers.value_rows[i] for i in tree] + [rows[i] for i in initial],
+            [buffers.value_targets[i] for i in tree]
+            + [targets[i] for i in initial])
+
   def train(self, state, buffers, meta, iteration):
     c = self.config.train
     seed = int(np.random.default_rng([self.config.seed, iteration]).integers(
         1 << 30))
     value_loss = policy_loss = None
     if self.config.mode == "rest_mcts" and buffers.value_rows:
-      # D_V_i with the earlier data, D_V0 included.
-      rows, targets, _ = self.initial_value_records
+      rows, targets = self._value_examples(buffers, seed)
       state["value"], value_loss = self._train_value(
-          state["value"], rows + buffers.value_rows,
-          targets + buffers.value_targets, c.batch_size, c.value_steps,
+          state["value"], rows, targets, c.batch_size, c.value_steps,
           c.learning_rate, seed, f"value training, iteration {iteration}")
     if buffers.traces:
       batches = list(batching.sft_batches(

@@ -57,6 +57,15 @@ def test_round_trip_and_keep_last_k(tmp_path):
   assert isinstance(state["policy"], steps.TrainState)
   state, _, meta = ckpt.restore(checkpoint.abstract_like(saved[2][0]), step=2)
   _assert_same(state, saved[2][0])
+  # The buffers alone, without knowing the state's shapes.
+  for step in (2, 3):
+    np.testing.assert_array_equal(ckpt.read_buffers(step)["records"],
+                                  saved[step][1]["records"])
+  assert ckpt.read_buffers()["records"].shape == (3, 4)
+  ckpt.save(4, saved[3][0], {}, dict(iteration=4))
+  assert ckpt.read_buffers() == {}
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint 1 in"):
+    ckpt.read_buffers(1)
   with pytest.raises(FileNotFoundError, match="no complete checkpoint 1 in"):
     ckpt.restore(checkpoint.abstract_like(saved[2][0]), step=1)
 

@@ -127,6 +127,29 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
   assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
 
 
+@pytest.mark.parametrize("share", [None, 0.25, 0.75])
+def test_value_training_mixes_tree_records_and_d_v0(tmp_path, share):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.update(value_steps=5, batch_size=8, value_tree_share=share)
+  loop = _loop(tmp_path, config)
+  initial, initial_targets, _ = loop.initial_value_records
+  buffers = selftrain.Buffers(value_rows=[[7, 8, 9], [7, 9], [8, 8, 8, 8]],
+                              value_targets=[0.9, 0.1, -0.5])
+  rows, targets = loop._value_examples(buffers, seed=0)
+  assert len(rows) == len(targets)
+  tree = {tuple(r): t for r, t in zip(buffers.value_rows,
+                                      buffers.value_targets)}
+  known = dict(zip(map(tuple, initial), initial_targets)) | tree
+  assert all(known[tuple(r)] == t for r, t in zip(rows, targets))
+  from_trees = [tuple(r) for r in rows if tuple(r) in tree]
+  if share is None:  # SPEC's union, every record once
+    assert len(rows) == len(initial) + 3 and len(from_trees) == 3
+    return
+  assert len(rows) == 40 and len(from_trees) == round(share * 40)
+  for row in tree:  # each tree record about equally often
+    assert abs(from_trees.count(row) - len(from_trees) / 3) <= 1
+
+
 def test_policy_traces_of_this_iteration_or_all_distinct_ones_so_far():
   kept = [([7, 8, 9], 1), ([7, 9], 1)]
   found = [([7, 9], 1), ([7, 9], 2), ([8, 8], 1), ([8, 8], 1)]

@@ -7,6 +7,9 @@ import pathlib
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
+from configs import tiny
+from restmcts_jax import experiment
+from restmcts_jax import selftrain
 from restmcts_jax.tasks import game24
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,3 +77,28 @@ def test_random_positions_are_labelled_exactly():
   # The first move keeps a solvable puzzle solvable only sometimes.
   assert 0 < positions.winnable[positions.depth == 1].mean() < 1
 
+
+
+def test_value_targets_rank_against_the_exact_values(tmp_path):
+  config = tiny.get_config()
+  data = experiment.load_data(config)
+  tokenizer = experiment.tokenizer_for(config, tmp_path, data)
+  question = game24.question_text((4, 9, 10, 13))
+  won = question + "13 - 9 = 4 (left: 4 4 10)\n"  # (10 - 4) * 4
+  lost = question + "4 + 9 = 13 (left: 10 13 13)\n"
+  deeper = won + "10 - 4 = 6 (left: 4 6)\n"  # 4 * 6
+  trees = selftrain.Buffers(
+      value_rows=[tokenizer.encode(t) for t in (won, lost, won, deeper)],
+      value_targets=[0.1, 0.3, 0.5, 0.5])
+  rows = ranking.target_rankings(trees, config, tokenizer, count=200, seed=0)
+  (trees_name, (targets, positions)), (initial_name, initial) = rows.items()
+  assert trees_name == "trees' D_V (4)"
+  np.testing.assert_array_equal(targets, [0.1, 0.3, 0.5, 0.5])
+  np.testing.assert_array_equal(positions.depth, [1, 1, 1, 2])
+  np.testing.assert_array_equal(positions.winnable, [True, False, True, True])
+  # Winnable 0.1 and 0.5 against lost 0.3: one pair of two ranked right.
+  assert ranking.aucs_by_depth(targets, positions)[1] == 0.5
+  # The default D_V0 labels from complete solutions: exact at every depth.
+  total = len(experiment.initial_value_records(config, data, tokenizer)[0])
+  assert initial_name == f"D_V0 (200 of {total})"
+  assert all(auc == 1.0 for auc in ranking.aucs_by_depth(*initial).values())
