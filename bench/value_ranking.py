@@ -17,8 +17,9 @@ same depth (ties count half):
 `--values` scores the same positions with other runs' value models.
 `--targets` also ranks what value training learns from: the Eq. 1-2 targets
 of the trees' records in the checkpoint (`D_V`) and of `--targets` records
-drawn from `D_V0`, each against the exact value of its position, and the
-checkpoint's V on those records.
+drawn from `D_V0`, each against the exact value of its position, and scores
+those records with every value model as well (one that ranks its own training
+records no better than held-out positions underfits).
 `--train "name:key=value,...;..."` also trains copies of the checkpoint's
 value model further on `D_V0` (the run's own warm-start records), one row per
 variant, all in this process: `steps`, `learning_rate`, `batch_size`,
@@ -289,12 +290,23 @@ def main():
     config.eval.split = args.split
   held_out = getattr(game24.splits(seed=config.seed),
                      args.split)[:config.eval.num_test]
+  held_out_title = f"{args.split} puzzles, {{}} ({args.per_puzzle} per puzzle)"
   sources = {
-      "random legal games": random_positions(held_out, args.per_puzzle,
-                                             args.seed),
-      "the policy's samples": policy_positions(
+      held_out_title.format("random legal games"): random_positions(
+          held_out, args.per_puzzle, args.seed),
+      held_out_title.format("the policy's samples"): policy_positions(
           policy, value_model, config, tokenizer, held_out, args.per_puzzle,
           args.seed)}
+  if args.targets:
+    records = target_rankings(tree_records(args.workdir), config, tokenizer,
+                              args.targets, args.seed)
+    print_target_table(
+        "training records: AUC of their value targets, winnable vs lost "
+        "positions, by steps taken (winnable share in brackets)", records)
+    # The value models on their own training records too: one that ranks
+    # them no better than held-out positions underfits.
+    sources.update({f"training records, {name}": positions
+                    for name, (_, positions) in records.items()})
   models = {"checkpoint": value_model}
   for workdir in filter(None, args.values.split(",")):
     _, other_tokenizer, (_, models[workdir]), _ = experiment.restore(workdir)
@@ -330,9 +342,8 @@ def main():
   results = {}
   for source, positions in sources.items():
     depths = sorted(set(positions.depth.tolist()))
-    print(f"\n{args.split} puzzles, {source} ({args.per_puzzle} per puzzle): "
-          "AUC of V, winnable vs lost positions, by steps taken (winnable "
-          "share in brackets)")
+    print(f"\n{source}: AUC of V, winnable vs lost positions, by steps taken "
+          "(winnable share in brackets)")
     header = "value model".ljust(width) + "".join(
         f" | step {k} ({positions.winnable[positions.depth == k].mean():.2f})"
         for k in depths)
@@ -343,23 +354,8 @@ def main():
       print(name.ljust(width) + "".join(
           f" | {results[source, name][k]:>13.3f}" for k in depths),
           flush=True)
-  if args.targets:
-    records = target_rankings(tree_records(args.workdir), config, tokenizer,
-                              args.targets, args.seed)
-    # Beside each set's targets, the checkpoint's V on the same positions:
-    # a V that ranks its training records no better than held-out ones
-    # underfits rather than fails to generalize.
-    rows = {}
-    for name, (targets, positions) in records.items():
-      rows[f"{name}: targets"] = targets, positions
-      rows[f"{name}: V"] = score(value_model, tokenizer,
-                                 positions.texts), positions
-    print_target_table(
-        "training records: AUC of their value targets and of the "
-        "checkpoint's V, winnable vs lost positions, by steps taken "
-        "(winnable share in brackets)", rows)
   print("RESULT value_auc_depth1 "
-        f"{results['random legal games', 'checkpoint'][1]:.4f}")
+        f"{results[next(iter(sources)), 'checkpoint'][1]:.4f}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ def get_config():
       # so SPEC's stays. The `*value_loss` metrics are the configured loss.
       value_loss="mse",
       # The share of value training's records drawn from the trees' D_V
-      # (the rest from D_V0); unset: uniformly over D_V0 and D_V together.
+      # (the rest from D_V0); unset: uniformly over D_V0 and D_V together
+      # (SPEC). Here D_V0's labels are exact and the trees' noisier: at 0.5
+      # V ranked positions alike (seed 1; BENCHMARKS.md).
       value_tree_share=ml_collections.config_dict.placeholder(float),
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
