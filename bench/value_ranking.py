@@ -26,8 +26,10 @@ variant, all in this process: `steps`, `learning_rate`, `batch_size`,
 `depths` (e.g. `1+2`: only records of those depths), `shares` (e.g.
 `0.5+0.2+0.15+0.15`: depth k's share of the records, drawn with
 replacement), `start=policy` (a fresh value head on the checkpoint's
-policy, as the warm start trains) and `loss=cross_entropy` (`mse` by
-default; `config.train.value_loss`).
+policy, as the warm start trains), `start=scratch` (a randomly initialized
+model of the policy's architecture, resized by `embed_dim`, `num_layers`,
+`num_heads`, `num_kv_heads`, `head_dim`, `mlp_dim`) and `loss=cross_entropy`
+(`mse` by default; `config.train.value_loss`).
 Ends with `RESULT value_auc_depth1 <checkpoint's AUC after one step of a
 random legal game>`.
 """
@@ -50,6 +52,7 @@ from restmcts_jax import checkpoint
 from restmcts_jax import evaluation
 from restmcts_jax import experiment
 from restmcts_jax import selftrain
+from restmcts_jax.models import transformer as transformer_lib
 from restmcts_jax.models import value_head
 from restmcts_jax.tasks import game24
 from restmcts_jax.training import batching
@@ -219,18 +222,40 @@ def _choice(key, allowed):
   return parse
 
 
+# `start=scratch` sizes: the policy's unless given.
+SIZE_KEYS = ("embed_dim", "num_layers", "num_heads", "num_kv_heads",
+             "head_dim", "mlp_dim")
+
+
+def start_model(settings, policy, value_model, seed: int):
+  """The value model a `--train` variant starts from: the checkpoint's, a
+  fresh head on the policy (as the warm start trains), or a new backbone of
+  the policy's config with `SIZE_KEYS` overrides, randomly initialized."""
+  if settings["start"] == "checkpoint":
+    return value_model
+  if settings["start"] == "policy":
+    return value_head.make_value_model(policy, share_backbone=False,
+                                       rngs=nnx.Rngs(seed + 1))
+  sizes = {k: settings[k] for k in SIZE_KEYS if settings[k]}
+  backbone = transformer_lib.Transformer(
+      dataclasses.replace(policy.config, **sizes), rngs=nnx.Rngs(seed + 2))
+  return value_head.ValueModel(backbone, rngs=nnx.Rngs(seed + 1))
+
+
 def parse_variants(text: str) -> list[tuple[str, dict]]:
   """`"a:steps=800;b:steps=800,depths=1"` -> [(name, settings)]."""
   known = dict(steps=int, learning_rate=float, batch_size=int,
                depths=lambda v: tuple(int(d) for d in v.split("+")),
                shares=lambda v: tuple(float(x) for x in v.split("+")),
-               start=_choice("start", ("checkpoint", "policy")),
+               start=_choice("start", ("checkpoint", "policy", "scratch")),
+               **{key: int for key in SIZE_KEYS},
                loss=_choice("loss", tuple(training_steps.VALUE_LOSSES)))
   variants = []
   for item in filter(None, (i.strip() for i in text.split(";"))):
     name, _, body = item.partition(":")
     settings = dict(steps=800, learning_rate=3e-4, batch_size=32, depths=(),
-                    shares=(), start="checkpoint", loss="mse")
+                    shares=(), start="checkpoint", loss="mse",
+                    **dict.fromkeys(SIZE_KEYS, 0))
     for pair in filter(None, body.split(",")):
       key, sep, value = pair.partition("=")
       if not sep or key not in known:
@@ -329,14 +354,14 @@ def main():
           rng.choice(keep[depth[keep] == k + 1], round(share * len(keep)))
           for k, share in enumerate(settings["shares"]) if share])
     picked = [rows[i] for i in keep], targets[keep]
-    start_model = value_model
-    if settings["start"] == "policy":  # as the warm start: a fresh head
-      start_model = value_head.make_value_model(
-          policy, share_backbone=False, rngs=nnx.Rngs(config.seed + 1))
-    models[name] = train_further(start_model, *picked, settings,
+    start_from = start_model(settings, policy, value_model, config.seed)
+    models[name] = train_further(start_from, *picked, settings,
                                  seed=args.seed)
-    print(f"{name}: {settings['steps']} steps on {len(picked[0])} records "
-          f"in {time.perf_counter() - start:.0f} s", flush=True)
+    parameters = sum(x.size for x in jax.tree.leaves(
+        nnx.state(models[name], nnx.Param)))
+    print(f"{name}: {settings['steps']} steps on {len(picked[0])} records, "
+          f"{parameters / 1e6:.1f}M parameters, in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
 
   width = max(map(len, models)) + 1
   results = {}

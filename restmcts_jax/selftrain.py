@@ -302,6 +302,10 @@ class _Loop:
     if config.train.value_loss not in training_steps.VALUE_LOSSES:
       raise ValueError(f"config.train.value_loss={config.train.value_loss!r}:"
                        f" choose from {tuple(training_steps.VALUE_LOSSES)}")
+    share = config.train.value_tree_share
+    if share is not None and not 0 <= share <= 1:
+      raise ValueError(f"config.train.value_tree_share={share}: a share "
+                       "between 0 and 1, or unset")
     self.value_loss = training_steps.VALUE_LOSSES[config.train.value_loss]
     self.config = config
     self.workdir = workdir
@@ -607,7 +611,7 @@ class _Loop:
     D_V0's ~10^5 are a percent of what value training sees."""
     c = self.config.train
     rows, targets, _ = self.initial_value_records
-    share = c.get("value_tree_share")
+    share = c.value_tree_share
     if share is None or not rows:
       return rows + buffers.value_rows, targets + buffers.value_targets
     total = c.value_steps * c.batch_size

@@ -181,6 +181,13 @@ def test_unknown_trace_history_names_the_key(tmp_path):
     selftrain.run(config, tmp_path / "run")
 
 
+def test_a_tree_share_outside_0_1_names_the_key(tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.value_tree_share = 1.5
+  with pytest.raises(ValueError, match="config.train.value_tree_share=1.5"):
+    selftrain.run(config, tmp_path / "run")
+
+
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_every_value_phase_uses_the_configured_loss(tmp_path, monkeypatch,
                                                     loss):

@@ -5,11 +5,15 @@ import importlib.util
 import pathlib
 
 import numpy as np
+import pytest
+from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from configs import tiny
 from restmcts_jax import experiment
 from restmcts_jax import selftrain
+from restmcts_jax.models import transformer as transformer_lib
+from restmcts_jax.models import value_head
 from restmcts_jax.tasks import game24
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -102,3 +106,28 @@ def test_value_targets_rank_against_the_exact_values(tmp_path):
   total = len(experiment.initial_value_records(config, data, tokenizer)[0])
   assert initial_name == f"D_V0 (200 of {total})"
   assert all(auc == 1.0 for auc in ranking.aucs_by_depth(*initial).values())
+
+
+def test_variants_parse_and_start_where_they_say():
+  (name, settings), = ranking.parse_variants(
+      "wide:steps=10,start=scratch,embed_dim=16,mlp_dim=48")
+  assert name == "wide" and settings["steps"] == 10
+  assert settings["embed_dim"] == 16 and settings["num_layers"] == 0
+  with pytest.raises(ValueError, match="start=nowhere"):
+    ranking.parse_variants("x:start=nowhere")
+  with pytest.raises(ValueError, match="expected key=value"):
+    ranking.parse_variants("x:width=3")
+  policy = transformer_lib.Transformer(transformer_lib.TransformerConfig(
+      vocab_size=40, embed_dim=8, num_layers=1, num_heads=2, num_kv_heads=1,
+      head_dim=4, mlp_dim=16), rngs=nnx.Rngs(0))
+  value = value_head.make_value_model(policy, share_backbone=False,
+                                      rngs=nnx.Rngs(1))
+  assert ranking.start_model(settings | {"start": "checkpoint"}, policy,
+                             value, seed=0) is value
+  fresh = ranking.start_model(settings | {"start": "policy"}, policy, value,
+                              seed=0)
+  np.testing.assert_array_equal(fresh.backbone.embedding[...],
+                                policy.embedding[...])
+  wide = ranking.start_model(settings, policy, value, seed=0).backbone
+  assert (wide.config.embed_dim, wide.config.mlp_dim) == (16, 48)
+  assert wide.config.num_layers == 1 and wide.config.vocab_size == 40
