@@ -18,6 +18,10 @@ trees of the largest budget spent their expansions: the distinct first moves
 per tree, the share of trees that hold no winnable position at all, and the
 share of expansions made at lost positions.
 
+`--values split` answers with the learned value model, except that a copy
+of it trained on `D_V0`'s first steps alone (`--split_steps`) judges the
+positions one step in: a learned V that ranks first moves well.
+
 `--search key=value,...` overrides the checkpoint's `eval.search` settings, and
 `--methods` / `--values` narrow what runs, so the search's own settings can be
 tuned against the exact value, apart from the value model's errors.
@@ -100,6 +104,58 @@ class ExactValue(nnx.Module):
         prefix, lengths, steps, step_lengths)
 
 
+class FirstStepSplitValue(nnx.Module):
+  """`ValueModel`'s interface over two value models: `first` judges the
+  positions one step in, `rest` every other (steps counted on the host from
+  the text). Both score every row; the depth picks."""
+
+  def __init__(self, first, rest, tokenizer):
+    self.first = first
+    self.rest = rest
+    self.tokenizer = tokenizer
+
+  def _steps(self, tokens, lengths):
+    """`[B]` step lines of right-padded rows, computed on the host."""
+    def count(tokens, lengths):
+      return np.array([
+          sum(1 for line in self.tokenizer.decode(
+              list(map(int, row[:n]))).split("\n")[1:] if line.strip())
+          for row, n in zip(np.asarray(tokens), np.asarray(lengths))],
+                      np.int32)
+    return jax.pure_callback(
+        count, jax.ShapeDtypeStruct(lengths.shape, jnp.int32), tokens,
+        lengths)
+
+  def __call__(self, tokens, lengths):
+    return jnp.where(self._steps(tokens, lengths) == 1,
+                     self.first(tokens, lengths), self.rest(tokens, lengths))
+
+  def score_continuations(self, prefix, lengths, steps, step_lengths,
+                          num_samples):
+    """Continuations of a bare question are first steps."""
+    first = jnp.repeat(self._steps(prefix, lengths) == 0, num_samples)
+    score = lambda model: model.score_continuations(
+        prefix, lengths, steps, step_lengths, num_samples)
+    return jnp.where(first, score(self.first), score(self.rest))
+
+
+def first_step_value(value_model, config, tokenizer, steps: int, seed: int):
+  """`FirstStepSplitValue` whose `first` is a copy of `value_model` trained
+  `steps` more on `D_V0`'s first-step records alone (which it then ranks
+  far better, at the cost of the other steps: BENCHMARKS.md)."""
+  # Imported here: value_ranking imports this module.
+  from bench import value_ranking  # pylint: disable=g-import-not-at-top
+  rows, targets, depth = experiment.initial_value_records(
+      config, experiment.load_data(config), tokenizer)
+  keep = np.flatnonzero(np.asarray(depth) == 1)
+  settings = dict(steps=steps, learning_rate=3e-4, batch_size=32,
+                  loss=config.train.value_loss)
+  first = value_ranking.train_further(
+      value_model, [rows[i] for i in keep],
+      np.asarray(targets, np.float32)[keep], settings, seed=seed)
+  return FirstStepSplitValue(first, value_model, tokenizer)
+
+
 def tree_statistics(result, tokenizer, max_depth: int) -> dict[str, float]:
   """Where a batch of MCTS* searches (a `SearchResult`) spent expansions,
   judged by `exact_value`: `first_moves`, distinct children of the root per
@@ -156,7 +212,11 @@ def main():
   parser.add_argument("--methods", default="bon,mcts",
                       help="bon, mcts or both")
   parser.add_argument("--values", default="learned,exact",
-                      help="learned, exact or both")
+                      help="learned, exact, split (the learned V with its "
+                           "first-step judgements from a copy trained on "
+                           "first steps alone), comma-separated")
+  parser.add_argument("--split_steps", type=int, default=2400,
+                      help="training steps of split's first-step copy")
   parser.add_argument("--split", default="validation",
                       choices=("validation", "test"),
                       help="tune on validation; test only to report")
@@ -166,8 +226,9 @@ def main():
   value_names = [v for v in args.values.split(",") if v]
   if not set(methods) <= {"bon", "mcts"}:
     raise ValueError(f"--methods={args.methods}: choose from bon,mcts")
-  if not value_names or not set(value_names) <= {"learned", "exact"}:
-    raise ValueError(f"--values={args.values}: choose from learned,exact")
+  if not value_names or not set(value_names) <= {"learned", "exact", "split"}:
+    raise ValueError(f"--values={args.values}: choose from learned,exact,"
+                     "split")
 
   config, tokenizer, (policy, learned), _ = experiment.restore(args.workdir)
   if config.task != "game24":
@@ -180,9 +241,11 @@ def main():
   problems = experiment.load_data(config, warm_start=False).test
   context = dataclasses.replace(experiment.eval_context(config, tokenizer),
                                 cache_nodes=False)
-  values = {"learned": learned,
-            "exact": ExactValue(tokenizer, config.max_depth)}
-  values = {name: values[name] for name in value_names}
+  make = {"learned": lambda: learned,
+          "exact": lambda: ExactValue(tokenizer, config.max_depth),
+          "split": lambda: first_step_value(learned, config, tokenizer,
+                                            args.split_steps, seed=0)}
+  values = {name: make[name]() for name in value_names}
 
   rows = {}  # (method, value, budget) -> [(accuracy, policy tokens)]
   trees = {}  # value -> [tree_statistics of the largest budget's searches]

@@ -70,6 +70,38 @@ def test_continuations_score_like_whole_rows_under_jit(tokenizer):
   np.testing.assert_array_equal(jax.jit(value)(whole, whole_len), scored)
 
 
+class _Constant(nnx.Module):
+  """A value model that scores every row `value`."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def __call__(self, tokens, lengths):
+    return jax.numpy.full(lengths.shape, self.value)
+
+  def score_continuations(self, prefix, lengths, steps, step_lengths,
+                          num_samples):
+    return jax.numpy.full(step_lengths.shape, self.value)
+
+
+def test_the_split_value_asks_first_about_first_steps_only(tokenizer):
+  value = oracle.FirstStepSplitValue(
+      oracle.ExactValue(tokenizer, max_depth=4), _Constant(-1.0), tokenizer)
+  prefixes = [QUESTION, QUESTION + SOLUTION[0] + "\n"]
+  steps = [SOLUTION[0] + "\n", "4 + 9 = 14 (left: 10 13 14)\n",
+           SOLUTION[1] + "\n", "Answer: 4 + 9 + 10 + 13 = 24\n"]
+  prefix, prefix_len = evaluation.encode_rows(tokenizer, prefixes, 24)
+  step, step_len = evaluation.encode_rows(tokenizer, steps, 24)
+  scored = jax.jit(lambda *a: value.score_continuations(*a, 2))(
+      prefix, prefix_len, step, step_len)
+  # The bare question's continuations are first steps: the exact value's
+  # 0.25 (winnable) and 0 (lost); the deeper ones the other model's.
+  np.testing.assert_array_equal(scored, [0.25, 0.0, -1.0, -1.0])
+  whole, whole_len = evaluation.encode_rows(
+      tokenizer, [prefixes[i // 2] + s for i, s in enumerate(steps)], 48)
+  np.testing.assert_array_equal(jax.jit(value)(whole, whole_len), scored)
+
+
 def test_mcts_searches_with_the_exact_value(tokenizer):
   """An untrained policy searched with the exact value, through the
   evaluation's MCTS* without node caches: every node's prior value is one of
