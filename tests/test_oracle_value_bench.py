@@ -55,8 +55,10 @@ def tokenizer(tmp_path_factory):
       texts, tmp_path_factory.mktemp("sp") / "sp", vocab_size=400)
 
 
-def test_continuations_score_like_whole_rows_under_jit(tokenizer):
-  value = oracle.ExactValue(tokenizer, max_depth=4)
+def _continuations_and_whole_rows(value, tokenizer):
+  """`value`'s scores of two continuations each of the bare question and of
+  the question + one step, asserted equal to its scores of the same rows
+  whole (under jit); returns them."""
   prefixes = [QUESTION, QUESTION + SOLUTION[0] + "\n"]
   steps = [SOLUTION[0] + "\n", "4 + 9 = 14 (left: 10 13 14)\n",
            SOLUTION[1] + "\n", "Answer: 4 + 9 + 10 + 13 = 24\n"]
@@ -64,10 +66,16 @@ def test_continuations_score_like_whole_rows_under_jit(tokenizer):
   step, step_len = evaluation.encode_rows(tokenizer, steps, 24)
   scored = jax.jit(lambda *a: value.score_continuations(*a, 2))(
       prefix, prefix_len, step, step_len)
-  np.testing.assert_array_equal(scored, [0.25, 0.0, 0.5, 0.0])
   whole, whole_len = evaluation.encode_rows(
       tokenizer, [prefixes[i // 2] + s for i, s in enumerate(steps)], 48)
   np.testing.assert_array_equal(jax.jit(value)(whole, whole_len), scored)
+  return scored
+
+
+def test_continuations_score_like_whole_rows_under_jit(tokenizer):
+  value = oracle.ExactValue(tokenizer, max_depth=4)
+  np.testing.assert_array_equal(
+      _continuations_and_whole_rows(value, tokenizer), [0.25, 0.0, 0.5, 0.0])
 
 
 class _Constant(nnx.Module):
@@ -87,19 +95,10 @@ class _Constant(nnx.Module):
 def test_the_split_value_asks_first_about_first_steps_only(tokenizer):
   value = oracle.FirstStepSplitValue(
       oracle.ExactValue(tokenizer, max_depth=4), _Constant(-1.0), tokenizer)
-  prefixes = [QUESTION, QUESTION + SOLUTION[0] + "\n"]
-  steps = [SOLUTION[0] + "\n", "4 + 9 = 14 (left: 10 13 14)\n",
-           SOLUTION[1] + "\n", "Answer: 4 + 9 + 10 + 13 = 24\n"]
-  prefix, prefix_len = evaluation.encode_rows(tokenizer, prefixes, 24)
-  step, step_len = evaluation.encode_rows(tokenizer, steps, 24)
-  scored = jax.jit(lambda *a: value.score_continuations(*a, 2))(
-      prefix, prefix_len, step, step_len)
   # The bare question's continuations are first steps: the exact value's
   # 0.25 (winnable) and 0 (lost); the deeper ones the other model's.
-  np.testing.assert_array_equal(scored, [0.25, 0.0, -1.0, -1.0])
-  whole, whole_len = evaluation.encode_rows(
-      tokenizer, [prefixes[i // 2] + s for i, s in enumerate(steps)], 48)
-  np.testing.assert_array_equal(jax.jit(value)(whole, whole_len), scored)
+  np.testing.assert_array_equal(
+      _continuations_and_whole_rows(value, tokenizer), [0.25, 0.0, -1.0, -1.0])
 
 
 def test_mcts_searches_with_the_exact_value(tokenizer):
