@@ -74,12 +74,7 @@ class Checkpointer:
       FileNotFoundError: naming the directory, when it holds no complete
         checkpoint (or not `step`).
     """
-    steps = self.all_steps()
-    step = self.latest_step() if step is None else step
-    if step is None or step not in steps:
-      raise FileNotFoundError(
-          f"no complete checkpoint {'' if step is None else step} in "
-          f"{self.directory} (found: {steps or 'none'})")
+    step = self._complete_step(step)
     items = dict(state=ocp.args.StandardRestore(like),
                  meta=ocp.args.JsonRestore())
     has_buffers = (self.directory / str(step) / "buffers").is_dir()
@@ -90,11 +85,12 @@ class Checkpointer:
 
   def _complete_step(self, step: int | None) -> int:
     """`step`, or the latest; FileNotFoundError unless it is complete."""
+    steps = self.all_steps()
     step = self.latest_step() if step is None else step
-    if step is None or step not in self.all_steps():
+    if step is None or step not in steps:
       raise FileNotFoundError(
           f"no complete checkpoint {'' if step is None else step} in "
-          f"{self.directory}")
+          f"{self.directory} (found: {steps or 'none'})")
     return step
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
