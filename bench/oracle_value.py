@@ -51,6 +51,12 @@ from restmcts_jax.tasks import game24
 _QUESTION_RE = re.compile(rf"Use ([\d ]+) to make {game24.TARGET}\.")
 
 
+def steps_taken(text: str) -> int:
+  """The step lines of a question + partial solution text (the Answer line
+  counts)."""
+  return sum(1 for line in text.split("\n")[1:] if line.strip())
+
+
 def exact_value(text: str, max_depth: int) -> float:
   """The exact value of a question + partial solution text (see above); 0
   for a row without a question (MCTS* pads rows it does not need)."""
@@ -117,11 +123,10 @@ class FirstStepSplitValue(nnx.Module):
   def _steps(self, tokens, lengths):
     """`[B]` step lines of right-padded rows, computed on the host."""
     def count(tokens, lengths):
-      return np.array([
-          sum(1 for line in self.tokenizer.decode(
-              list(map(int, row[:n]))).split("\n")[1:] if line.strip())
-          for row, n in zip(np.asarray(tokens), np.asarray(lengths))],
-                      np.int32)
+      return np.array(
+          [steps_taken(self.tokenizer.decode(list(map(int, row[:n]))))
+           for row, n in zip(np.asarray(tokens), np.asarray(lengths))],
+          np.int32)
     return jax.pure_callback(
         count, jax.ShapeDtypeStruct(lengths.shape, jnp.int32), tokens,
         lengths)

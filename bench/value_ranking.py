@@ -153,8 +153,7 @@ def score(value_model, tokenizer, texts, batch_size: int = 256) -> np.ndarray:
 def record_positions(texts, max_depth: int) -> Positions:
   """Value records' texts (question + steps, as tokenized), labelled by
   `oracle_value.exact_value`."""
-  depth = [sum(1 for line in t.split("\n")[1:] if line.strip())
-           for t in texts]
+  depth = [oracle_value.steps_taken(t) for t in texts]
   winnable = [oracle_value.exact_value(t, max_depth) > 0 for t in texts]
   return Positions(list(texts), np.array(depth), np.array(winnable))
 
@@ -169,12 +168,12 @@ def tree_records(workdir) -> selftrain.Buffers:
     checkpoints.close()
 
 
-def target_rankings(trees: selftrain.Buffers, config, tokenizer, count: int,
+def target_rankings(trees: selftrain.Buffers, initial, tokenizer,
+                    max_depth: int, count: int,
                     seed: int) -> dict[str, tuple[np.ndarray, Positions]]:
   """`{name: (targets, positions)}` of the trees' value records and of
-  `count` records drawn from the config's `D_V0`."""
-  rows, targets, _ = experiment.initial_value_records(
-      config, experiment.load_data(config), tokenizer)
+  `count` records drawn from `initial`, `D_V0`'s `(rows, targets)`."""
+  rows, targets = initial
   picks = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)),
                                              replace=False)
   out = {}
@@ -186,7 +185,7 @@ def target_rankings(trees: selftrain.Buffers, config, tokenizer, count: int,
   }.items():
     if rows:
       out[name] = (np.asarray(targets), record_positions(
-          [tokenizer.decode(r) for r in rows], config.max_depth))
+          [tokenizer.decode(r) for r in rows], max_depth))
   return out
 
 
@@ -322,9 +321,17 @@ def main():
       held_out_title.format("the policy's samples"): policy_positions(
           policy, value_model, config, tokenizer, held_out, args.per_puzzle,
           args.seed)}
+  if variants or args.targets:
+    start = time.perf_counter()
+    rows, targets, depth = experiment.initial_value_records(
+        config, experiment.load_data(config), tokenizer)
+    targets, depth = np.asarray(targets, np.float32), np.asarray(depth)
+    print(f"D_V0: {len(rows)} records in {time.perf_counter() - start:.0f} s",
+          flush=True)
   if args.targets:
-    records = target_rankings(tree_records(args.workdir), config, tokenizer,
-                              args.targets, args.seed)
+    records = target_rankings(tree_records(args.workdir), (rows, targets),
+                              tokenizer, config.max_depth, args.targets,
+                              args.seed)
     print_target_table(
         "training records: AUC of their value targets, winnable vs lost "
         "positions, by steps taken (winnable share in brackets)", records)
@@ -338,13 +345,6 @@ def main():
     if other_tokenizer.fingerprint() != tokenizer.fingerprint():
       raise ValueError(f"--values {workdir}: another tokenizer than "
                        f"{args.workdir}'s")
-  if variants:
-    start = time.perf_counter()
-    rows, targets, depth = experiment.initial_value_records(
-        config, experiment.load_data(config), tokenizer)
-    targets, depth = np.asarray(targets, np.float32), np.asarray(depth)
-    print(f"D_V0: {len(rows)} records in {time.perf_counter() - start:.0f} s",
-          flush=True)
   for name, settings in variants:
     start = time.perf_counter()
     keep = np.flatnonzero(np.isin(depth, settings["depths"] or depth))

@@ -94,7 +94,11 @@ def test_value_targets_rank_against_the_exact_values(tmp_path):
   trees = selftrain.Buffers(
       value_rows=[tokenizer.encode(t) for t in (won, lost, won, deeper)],
       value_targets=[0.1, 0.3, 0.5, 0.5])
-  rows = ranking.target_rankings(trees, config, tokenizer, count=200, seed=0)
+  initial_rows, initial_targets, _ = experiment.initial_value_records(
+      config, data, tokenizer)
+  rows = ranking.target_rankings(trees, (initial_rows, initial_targets),
+                                 tokenizer, config.max_depth, count=200,
+                                 seed=0)
   (trees_name, (targets, positions)), (initial_name, initial) = rows.items()
   assert trees_name == "trees' D_V (4)"
   np.testing.assert_array_equal(targets, [0.1, 0.3, 0.5, 0.5])
@@ -103,8 +107,7 @@ def test_value_targets_rank_against_the_exact_values(tmp_path):
   # Winnable 0.1 and 0.5 against lost 0.3: one pair of two ranked right.
   assert ranking.aucs_by_depth(targets, positions)[1] == 0.5
   # The default D_V0 labels from complete solutions: exact at every depth.
-  total = len(experiment.initial_value_records(config, data, tokenizer)[0])
-  assert initial_name == f"D_V0 (200 of {total})"
+  assert initial_name == f"D_V0 (200 of {len(initial_rows)})"
   assert all(auc == 1.0 for auc in ranking.aucs_by_depth(*initial).values())
 
 
