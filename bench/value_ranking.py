@@ -29,7 +29,8 @@ replacement), `start=policy` (a fresh value head on the checkpoint's
 policy, as the warm start trains), `start=scratch` (a randomly initialized
 model of the policy's architecture, resized by `embed_dim`, `num_layers`,
 `num_heads`, `num_kv_heads`, `head_dim`, `mlp_dim`) and `loss=cross_entropy`
-(`mse` by default; `config.train.value_loss`).
+(`mse` by default; `config.train.value_loss`), and `heads=depth` (one value
+head per number of steps taken, on the shared backbone: `DepthHeads`).
 Ends with `RESULT value_auc_depth1 <checkpoint's AUC after one step of a
 random legal game>`.
 """
@@ -42,6 +43,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 from flax import nnx
@@ -241,6 +243,38 @@ def start_model(settings, policy, value_model, seed: int):
   return value_head.ValueModel(backbone, rngs=nnx.Rngs(seed + 1))
 
 
+class DepthHeads(nnx.Module):
+  """A value model with one head per number of steps taken, `[D, E]`, on a
+  shared backbone; each starts as a copy of `base`'s head. A position's
+  steps are its newlines after the question's one line (Game of 24's
+  format), counted in its tokens, so it scores as `ValueModel` does."""
+
+  def __init__(self, base: value_head.ValueModel, newline: int,
+               num_depths: int):
+    self.backbone = base.backbone
+    self.newline = newline
+    self.kernel = nnx.Param(jnp.tile(base.head.kernel[...][None],
+                                     (num_depths, 1)))
+    self.bias = nnx.Param(jnp.full((num_depths,), base.head.bias[...]))
+
+  def depth(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    """`[B]` steps taken (clipped to the heads) of `tokens [B, T]`."""
+    real = jnp.arange(tokens.shape[1])[None] < lengths[:, None]
+    steps = jnp.sum((tokens == self.newline) & real, axis=1) - 1
+    return jnp.clip(steps, 0, self.kernel.shape[0] - 1)
+
+  def logits(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    hidden, _ = self.backbone.hidden(
+        tokens, transformer_lib.default_positions(tokens))
+    last = transformer_lib.last_token_hidden(hidden, lengths)
+    depth = self.depth(tokens, lengths)
+    return (jnp.sum(last.astype(jnp.float32) * self.kernel[...][depth], -1)
+            + self.bias[...][depth])
+
+  def __call__(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(self.logits(tokens, lengths))
+
+
 def parse_variants(text: str) -> list[tuple[str, dict]]:
   """`"a:steps=800;b:steps=800,depths=1"` -> [(name, settings)]."""
   known = dict(steps=int, learning_rate=float, batch_size=int,
@@ -248,12 +282,13 @@ def parse_variants(text: str) -> list[tuple[str, dict]]:
                shares=lambda v: tuple(float(x) for x in v.split("+")),
                start=_choice("start", ("checkpoint", "policy", "scratch")),
                **{key: int for key in SIZE_KEYS},
-               loss=_choice("loss", tuple(training_steps.VALUE_LOSSES)))
+               loss=_choice("loss", tuple(training_steps.VALUE_LOSSES)),
+               heads=_choice("heads", ("one", "depth")))
   variants = []
   for item in filter(None, (i.strip() for i in text.split(";"))):
     name, _, body = item.partition(":")
     settings = dict(steps=800, learning_rate=3e-4, batch_size=32, depths=(),
-                    shares=(), start="checkpoint", loss="mse",
+                    shares=(), start="checkpoint", loss="mse", heads="one",
                     **dict.fromkeys(SIZE_KEYS, 0))
     for pair in filter(None, body.split(",")):
       key, sep, value = pair.partition("=")
@@ -355,6 +390,9 @@ def main():
           for k, share in enumerate(settings["shares"]) if share])
     picked = [rows[i] for i in keep], targets[keep]
     start_from = start_model(settings, policy, value_model, config.seed)
+    if settings["heads"] == "depth":
+      newline, = tokenizer.encode("\n")
+      start_from = DepthHeads(start_from, newline, config.max_depth + 1)
     models[name] = train_further(start_from, *picked, settings,
                                  seed=args.seed)
     parameters = sum(x.size for x in jax.tree.leaves(

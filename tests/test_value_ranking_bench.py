@@ -134,3 +134,33 @@ def test_variants_parse_and_start_where_they_say():
   wide = ranking.start_model(settings, policy, value, seed=0).backbone
   assert (wide.config.embed_dim, wide.config.mlp_dim) == (16, 48)
   assert wide.config.num_layers == 1 and wide.config.vocab_size == 40
+
+
+def test_depth_heads_start_as_the_base_model_and_read_steps_from_newlines():
+  policy = transformer_lib.Transformer(transformer_lib.TransformerConfig(
+      vocab_size=40, embed_dim=8, num_layers=1, num_heads=2, num_kv_heads=1,
+      head_dim=4, mlp_dim=16), rngs=nnx.Rngs(0))
+  base = value_head.make_value_model(policy, share_backbone=False,
+                                     rngs=nnx.Rngs(1))
+  base.head.kernel[...] = np.linspace(-1, 1, 8, dtype=np.float32)
+  base.head.bias[...] = np.float32(0.3)
+  newline = 3
+  # Question line, then 0 / 2 / 5 steps (clipped to the last of 5 heads);
+  # the third row's padding holds newlines that must not count.
+  tokens = np.array([[7, 8, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                     [7, 3, 9, 9, 3, 9, 3, 0, 0, 0, 0, 0],
+                     [7, 3, 9, 3, 9, 3, 9, 3, 9, 3, 9, 3]], np.int32)
+  lengths = np.array([3, 7, 10], np.int32)
+  heads = ranking.DepthHeads(base, newline, num_depths=5)
+  np.testing.assert_array_equal(heads.depth(tokens, lengths), [0, 2, 4])
+  np.testing.assert_allclose(heads(tokens, lengths), base(tokens, lengths),
+                             rtol=1e-6)
+  heads.bias[...] = np.array([0, 0, 5, 0, -5], np.float32)
+  np.testing.assert_allclose(heads.logits(tokens, lengths),
+                             np.asarray(base.logits(tokens, lengths))
+                             + np.array([-0.3, 4.7, -5.3]),
+                             rtol=1e-5)
+  (_, settings), = ranking.parse_variants("d:heads=depth")
+  assert settings["heads"] == "depth"
+  with pytest.raises(ValueError, match="heads=two"):
+    ranking.parse_variants("x:heads=two")
