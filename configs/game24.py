@@ -98,7 +98,10 @@ def get_config():
       # The share of value training's records drawn from the trees' D_V
       # (the rest from D_V0); unset: uniformly over D_V0 and D_V together
       # (SPEC). Here D_V0's labels are exact and the trees' noisier: at 0.5
-      # V ranked positions alike (seed 1; BENCHMARKS.md).
+      # V ranked positions alike (seed 1; BENCHMARKS.md). With weaker D_V0
+      # labels (`complete_value_solutions=False`) the trees' are the better
+      # ones, but at 0.5 V did not learn their first steps either and the
+      # policy ended lower (two seeds).
       value_tree_share=ml_collections.config_dict.placeholder(float),
       # Training rows are padded to these lengths ('': the fine default of
       # training.batching); each length met compiles the train step once.
