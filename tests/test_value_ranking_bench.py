@@ -146,9 +146,10 @@ def test_depth_heads_start_as_the_base_model_and_read_steps_from_newlines():
   base.head.bias[...] = np.float32(0.3)
   newline = 3
   # Question line, then 0 / 2 / 5 steps (clipped to the last of 5 heads);
-  # the third row's padding holds newlines that must not count.
+  # the second row's padding holds newlines that must not count (they would
+  # read 4 steps).
   tokens = np.array([[7, 8, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                     [7, 3, 9, 9, 3, 9, 3, 0, 0, 0, 0, 0],
+                     [7, 3, 9, 9, 3, 9, 3, 3, 3, 0, 0, 0],
                      [7, 3, 9, 3, 9, 3, 9, 3, 9, 3, 9, 3]], np.int32)
   lengths = np.array([3, 7, 10], np.int32)
   heads = ranking.DepthHeads(base, newline, num_depths=5)
