@@ -90,6 +90,46 @@ def iteration_data(tree: tree_lib.Tree, correct: np.ndarray, *,
   return records, traces
 
 
+def iteration_problems(config, train: Sequence, iteration: int) -> list:
+  """The `config.search_questions` training problems that iteration
+  `iteration` searches (or samples), drawn from `train` by the run's seed."""
+  picks = np.random.default_rng([config.seed, iteration]).choice(
+      len(train), min(config.search_questions, len(train)), replace=False)
+  return [train[i] for i in picks]
+
+
+def sample_correct(graphdef, state, problems, questions, qlen, keys, *,
+                   task: registry.Task, tokenizer, sampler_config,
+                   num_samples: int, max_depth: int,
+                   traces_per_question: int):
+  """ReST-EM's data: `num_samples` solutions per question, the distinct
+  correct ones (at most `traces_per_question`).
+
+  Args:
+    graphdef, state: `nnx.split((policy, value_model))`.
+    problems: `[B]` the problems, with their references.
+    questions, qlen, keys: their encoded questions `[B, W]`, lengths `[B]`
+      and keys `[B]`.
+
+  Returns `(traces, questions solved, policy tokens)`.
+  """
+  out = distributed.fetch(evaluation.sample_solutions(
+      graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
+      sampler_config=sampler_config, num_samples=num_samples,
+      max_depth=max_depth, score=False))
+  traces, solved = [], 0
+  for q, problem in enumerate(problems):
+    kept = set()
+    for r in range(q * num_samples, (q + 1) * num_samples):
+      row = out.tokens[r, :out.lengths[r]].tolist()
+      if (len(kept) < traces_per_question and tuple(row) not in kept
+          and task.is_correct(tokenizer.decode(row), problem.reference)):
+        kept.add(tuple(row))
+        traces.append((row, int(qlen[q])))
+    solved += bool(kept)
+  return traces, solved, int(np.sum(out.policy_tokens))
+
+
 def policy_traces(kept, found, history: str) -> list[tuple[list[int], int]]:
   """D_G for policy SFT once an iteration `found` its `(row, prompt length)`
   traces: those alone (`history="iteration"`), or appended to the `kept`
@@ -499,10 +539,7 @@ class _Loop:
     """Searches (or samples) this process's share of the iteration's
     training questions, then gathers everyone's D_V rows and D_G traces."""
     config = self.config
-    picks = np.random.default_rng([config.seed, iteration]).choice(
-        len(self.data.train), min(config.search_questions,
-                                  len(self.data.train)), replace=False)
-    problems = [self.data.train[i] for i in picks]
+    problems = iteration_problems(config, self.data.train, iteration)
     mine = self.group.shard(len(problems))
     graphdef, search_state = nnx.split(self.models(state))
     base_key = jax.random.fold_in(jax.random.key(config.seed), iteration)
@@ -541,8 +578,13 @@ class _Loop:
                                self.tokenizer.decode,
                                config.trees_per_iteration)
         else:
-          found, hits, used = self._sample_correct(
-              graphdef, search_state, chunk, questions, qlen, keys)
+          found, hits, used = sample_correct(
+              graphdef, search_state, chunk, questions, qlen, keys,
+              task=self.task, tokenizer=self.tokenizer,
+              sampler_config=self.sampler_config,
+              num_samples=config.rest_em.num_samples,
+              max_depth=config.max_depth,
+              traces_per_question=config.train.traces_per_question)
           traces += found
           solved += hits
           tokens_used += used
@@ -562,31 +604,6 @@ class _Loop:
         value_records=len(buffers.value_rows),
         traces=len(gathered.traces), policy_traces=len(buffers.traces))
     return state, buffers
-
-  def _sample_correct(self, graphdef, state, problems, questions, qlen, keys):
-    """ReST-EM's data: `rest_em.num_samples` solutions per question, the
-    distinct correct ones (at most `train.traces_per_question`).
-
-    Returns `(traces, questions solved, policy tokens)`.
-    """
-    n = self.config.rest_em.num_samples
-    out = distributed.fetch(evaluation.sample_solutions(
-        graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
-        sampler_config=self.sampler_config, num_samples=n,
-        max_depth=self.config.max_depth, score=False))
-    traces, solved = [], 0
-    for q, problem in enumerate(problems):
-      kept = set()
-      for r in range(q * n, (q + 1) * n):
-        row = out.tokens[r, :out.lengths[r]].tolist()
-        if (len(kept) < self.config.train.traces_per_question
-            and tuple(row) not in kept
-            and self.task.is_correct(self.tokenizer.decode(row),
-                                     problem.reference)):
-          kept.add(tuple(row))
-          traces.append((row, int(qlen[q])))
-      solved += bool(kept)
-    return traces, solved, int(np.sum(out.policy_tokens))
 
   def _policy_examples(self, traces, seed: int) -> list[tuple[list[int], int]]:
     """D_G's traces, repeated, and warm-start examples making `train.replay`
