@@ -188,15 +188,17 @@ def tree_statistics(result, tokenizer, max_depth: int) -> dict[str, float]:
   }
 
 
-def parse_overrides(text: str, keys) -> dict:
+def parse_overrides(text: str, keys, *, flag: str = "--search",
+                    section: str = "eval.search") -> dict:
   """`"branch=2,exploration=0.2"` -> {"branch": 2, "exploration": 0.2},
-  each key one of `keys`."""
+  each key one of `keys` (of `section`; errors name `flag`), each value a
+  Python literal (`true` / `false` too)."""
   overrides = {}
   for item in filter(None, (i.strip() for i in text.split(","))):
     key, sep, value = item.partition("=")
     if not sep or key not in keys:
-      raise ValueError(f"--search {item!r}: expected key=value with a key of "
-                       f"eval.search ({', '.join(sorted(keys))})")
+      raise ValueError(f"{flag} {item!r}: expected key=value with a key of "
+                       f"{section} ({', '.join(sorted(keys))})")
     value = {"true": "True", "false": "False"}.get(value.lower(), value)
     overrides[key] = ast.literal_eval(value)
   return overrides

@@ -23,7 +23,6 @@ sampling's, learned value>`.
 """
 
 import argparse
-import ast
 import sys
 import time
 from pathlib import Path
@@ -51,14 +50,8 @@ def parse_variants(text: str) -> dict[str, dict]:
     name, sep, settings = item.partition(":")
     if not sep or not name:
       raise ValueError(f"--variants {item!r}: expected name:key=value,...")
-    variants[name] = {}
-    for setting in filter(None, (s.strip() for s in settings.split(","))):
-      key, sep, value = setting.partition("=")
-      if not sep or key not in fields:
-        raise ValueError(f"--variants {name}: {setting!r} is not key=value "
-                         f"with a key of MCTSConfig ({', '.join(sorted(fields))})")
-      value = {"true": "True", "false": "False"}.get(value.lower(), value)
-      variants[name][key] = ast.literal_eval(value)
+    variants[name] = oracle_value.parse_overrides(
+        settings, fields, flag=f"--variants {name}:", section="MCTSConfig")
   return variants
 
 

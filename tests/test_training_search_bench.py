@@ -29,7 +29,8 @@ def test_variants_parse_into_search_settings():
       "reference": dict(num_iterations=30, token_budget=0,
                         stop_at_end_gate=False),
       "wide": dict(branch=3)}
-  with pytest.raises(ValueError, match="'depth=3' is not key=value"):
+  with pytest.raises(ValueError, match="'depth=3': expected key=value with a "
+                     "key of MCTSConfig"):
     bench.parse_variants("a:depth=3")
   with pytest.raises(ValueError, match="expected name:key=value"):
     bench.parse_variants("branch=3")
