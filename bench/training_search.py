@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -74,16 +73,10 @@ def search_yield(models, problems, search_config, *, config, tokenizer, task,
   solved = tokens = traces = records = 0
   for chunk, questions, qlen, keys in _batches(problems, config, tokenizer,
                                                base_key):
-    result = jax.device_get(mcts_star.search_lm(
-        graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
-        sampler_config, search_config, cache_nodes=False))
-    correct = selftrain.label_final_nodes(
-        result.tree, task, [p.reference for p in chunk], tokenizer.decode,
-        max_depth=config.max_depth)
-    found_records, found = selftrain.iteration_data(
-        result.tree, correct, max_depth=config.max_depth,
-        top_k=config.train.traces_per_question,
-        min_reward=config.train.min_reward)
+    result, correct, found_records, found = selftrain.search_labelled(
+        graphdef, state, chunk, questions, qlen, keys, task=task,
+        decode=tokenizer.decode, sampler_config=sampler_config,
+        search_config=search_config, config=config, cache_nodes=False)
     solved += int(correct.any(axis=1).sum())
     tokens += int(np.sum(result.policy_tokens))
     traces += len(found.lengths)

@@ -90,6 +90,37 @@ def iteration_data(tree: tree_lib.Tree, correct: np.ndarray, *,
   return records, traces
 
 
+def search_labelled(graphdef, state, problems, questions, qlen, keys, *,
+                    task: registry.Task, decode, sampler_config,
+                    search_config, config, cache_nodes: bool = True):
+  """MCTS* over a batch of training questions, its finished leaves labelled
+  by the verifier (the oracle), and what the trees yield.
+
+  Args:
+    graphdef, state: `nnx.split((policy, value_model))`.
+    problems: `[B]` the problems, with their references.
+    questions, qlen, keys: their encoded questions `[B, W]`, lengths `[B]`
+      and keys `[B]`.
+    config: the run's config (`max_depth`, `train.traces_per_question`,
+      `train.min_reward`).
+    cache_nodes: as in `mcts_star.search_lm`.
+
+  Returns:
+    `(search result, correct [B, N], D_V records, D_G traces)` on the host.
+  """
+  result = distributed.fetch(mcts_star.search_lm(
+      graphdef, state, jnp.asarray(questions), jnp.asarray(qlen), keys,
+      sampler_config, search_config, cache_nodes=cache_nodes))
+  correct = label_final_nodes(result.tree, task,
+                              [p.reference for p in problems], decode,
+                              max_depth=config.max_depth)
+  records, found = iteration_data(
+      result.tree, correct, max_depth=config.max_depth,
+      top_k=config.train.traces_per_question,
+      min_reward=config.train.min_reward)
+  return result, correct, records, found
+
+
 def iteration_problems(config, train: Sequence, iteration: int) -> list:
   """The `config.search_questions` training problems that iteration
   `iteration` searches (or samples), drawn from `train` by the run's seed."""
@@ -556,17 +587,11 @@ class _Loop:
         # One key per question: its draws do not depend on the batching.
         keys = evaluation.problem_keys(base_key, range(lo, hi))
         if config.mode == "rest_mcts":
-          result = distributed.fetch(mcts_star.search_lm(
-              graphdef, search_state, jnp.asarray(questions),
-              jnp.asarray(qlen), keys, self.sampler_config,
-              self.search_config))
-          correct = label_final_nodes(
-              result.tree, self.task, [p.reference for p in chunk],
-              self.tokenizer.decode, max_depth=config.max_depth)
-          records, found = iteration_data(
-              result.tree, correct, max_depth=config.max_depth,
-              top_k=config.train.traces_per_question,
-              min_reward=config.train.min_reward)
+          result, correct, records, found = search_labelled(
+              graphdef, search_state, chunk, questions, qlen, keys,
+              task=self.task, decode=self.tokenizer.decode,
+              sampler_config=self.sampler_config,
+              search_config=self.search_config, config=config)
           value_rows += _unpad_rows(records.tokens, records.lengths)
           value_targets += list(records.target)
           traces += [(row[:n].tolist(), int(q)) for row, n, q in zip(
