@@ -359,7 +359,7 @@ class StopOnSignal:
 # --- the loop -----------------------------------------------------------------
 
 
-class _Loop:
+class Loop:
   """The phases of one run; state is `{"policy", "value"}` parameters."""
 
   def __init__(self, config, workdir: epath.Path,
@@ -750,7 +750,7 @@ def run(config, workdir,
   distributed.barrier("config")
   experiment.check_config(config, workdir)
   checkpoints = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=2)
-  loop = _Loop(config, workdir, checkpoints)
+  loop = Loop(config, workdir, checkpoints)
   phases = schedule(config.iterations)
   state, buffers = loop.initial_state, Buffers()
   meta = dict(phase=-1, metrics=[], evaluations=[], current={},

@@ -32,7 +32,7 @@ def test_parameters_stay_sharded_through_training(tmp_path):
   config = _config(tmp_path, fsdp=2, tensor=2)
   config.warmstart.steps = 3
   (tmp_path / "run").mkdir()
-  loop = selftrain._Loop(config, tmp_path / "run",
+  loop = selftrain.Loop(config, tmp_path / "run",
                          checkpoint.Checkpointer(tmp_path / "ckpt"))
   meta = dict(current={}, metrics=[], evaluations=[])
   state, _ = loop.warmstart(loop.initial_state, selftrain.Buffers(), meta, 0)
@@ -89,7 +89,7 @@ def test_batch_not_split_evenly_names_the_key(tmp_path):
 
 def _loop(tmp_path, config):
   (tmp_path / "run").mkdir()
-  return selftrain._Loop(config, tmp_path / "run",
+  return selftrain.Loop(config, tmp_path / "run",
                          checkpoint.Checkpointer(tmp_path / "ckpt"))
 
 

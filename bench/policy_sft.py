@@ -1,0 +1,186 @@
+"""What policy SFT makes of one iteration's verified traces, over its
+settings.
+
+From the latest checkpoint of a `python -m restmcts_jax.main` workdir (one
+written after an evaluation), the traces of iteration `--iteration` are
+collected as the loop's `collect` phase collects them (the run's
+`config.mode`, or `--mode`; `--search` overrides `config.search`), then the
+policy is fine-tuned on them as the loop's `train` phase does, with
+`config.train` and with each `--variants` setting over it, all in this
+process. Each policy then answers the held-out puzzles: greedy accuracy, and
+from `--samples` sampled solutions per puzzle pass@1 (the share that is
+correct), pass@N and Self-Consistency@N. "no SFT" is the checkpoint's policy:
+
+    python bench/policy_sft.py --workdir runs/game24_em --iteration 4 \
+        --variants "steps300:policy_steps=300;lr1e-4:learning_rate=1e-4"
+
+Only the policy is trained (value training does not change it). With
+`--split test --samples <eval.budget>` the `config.train` row is the loop's
+own evaluation of that iteration: the same greedy, SC and sample accuracy and
+policy loss, to the digit. Tune on the validation puzzles (the default).
+Ends with `RESULT pass1_<row> <pass@1>` per row.
+"""
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import oracle_value  # pylint: disable=g-import-not-at-top
+from restmcts_jax import checkpoint
+from restmcts_jax import evaluation
+from restmcts_jax import experiment
+from restmcts_jax import selftrain
+from restmcts_jax.search import mcts_star
+
+# The `config.train` keys that policy SFT reads.
+SFT_KEYS = ("policy_steps", "batch_size", "learning_rate", "replay")
+BASELINE = "no SFT"
+
+
+def parse_variants(text: str) -> dict[str, dict]:
+  """`"a:policy_steps=300;b:learning_rate=1e-4"` -> {"a": {...}, ...} over
+  SFT_KEYS, values Python literals."""
+  variants = {}
+  for item in filter(None, (i.strip() for i in text.split(";"))):
+    name, sep, settings = item.partition(":")
+    if not sep or not name:
+      raise ValueError(f"--variants {item!r}: expected name:key=value,...")
+    variants[name] = oracle_value.parse_overrides(
+        settings, SFT_KEYS, flag=f"--variants {name}:", section="config.train")
+  return variants
+
+
+def held_out_scores(loop: selftrain.Loop, state, *, samples: int,
+                    seed: int) -> dict[str, float]:
+  """Greedy accuracy and, from `samples` sampled solutions per held-out
+  problem, pass@1, pass@N and SC@N of `state`'s policy."""
+  results, _ = evaluation.evaluate(
+      loop.models(state), loop.eval_context, loop.data.test,
+      methods=("greedy", "sc"), budgets=(samples,), seed=seed)
+  greedy, sc = results
+  return dict(greedy=greedy.accuracy, pass1=sc.sample_accuracy,
+              pass_n=float(np.mean(sc.per_problem["correct_samples"] > 0)),
+              sc=sc.accuracy)
+
+
+def fine_tune(loop: selftrain.Loop, state, traces, iteration: int,
+              settings: dict):
+  """The loop's `train` phase on `traces` with `settings` over
+  `config.train`, the policy only: `(state, mean SFT loss)`."""
+  base = loop.config
+  loop.config = copy.deepcopy(base)
+  loop.config.train.update(settings)
+  meta = dict(current={})
+  try:
+    state, _ = loop.train(jax.tree.map(jnp.copy, state),  # steps donate
+                          selftrain.Buffers(traces=list(traces)), meta,
+                          iteration)
+  finally:
+    loop.config = base
+  return state, meta["current"]["policy_loss"]
+
+
+def measure(workdir, iteration: int, variants: dict[str, dict], *,
+            mode: str = "", search: str = "", samples: int = 16,
+            split: str = "validation", log=print):
+  """`(what collect found, {row: scores})`: the traces of `iteration`
+  collected from `workdir`'s latest checkpoint, the policy fine-tuned on
+  them with each of `variants` (settings over `config.train`), and each
+  policy's `held_out_scores` with its SFT loss ("no SFT": the checkpoint's
+  policy)."""
+  workdir = experiment.workdir_path(workdir)
+  config = experiment.load_config(workdir)
+  config.eval.split = split
+  if mode:
+    if mode not in selftrain.MODES:
+      raise ValueError(f"--mode={mode}: choose from {selftrain.MODES}")
+    config.mode = mode
+  config.search.update(oracle_value.parse_overrides(
+      search, set(mcts_star.MCTSConfig.__dataclass_fields__) &
+      set(config.search), flag="--search", section="config.search"))
+  checkpoints = checkpoint.Checkpointer(workdir / "checkpoints")
+  try:
+    loop = selftrain.Loop(config, workdir, checkpoints)
+    loop.outputs = selftrain.Outputs(workdir, enabled=False)  # no tree pages
+    step = checkpoints.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {workdir}")
+    state, _, meta = checkpoints.restore(
+        checkpoint.abstract_like(loop.initial_state, loop.shardings), step)
+  finally:
+    checkpoints.close()
+  phase = selftrain.schedule(config.iterations)[meta["phase"]]
+  if phase[0] != "eval":
+    raise ValueError(f"{workdir}: checkpoint {step} was written after phase "
+                     f"{phase}, not after an evaluation")
+
+  start = time.time()
+  collected = {"current": {}}
+  _, buffers = loop.collect(state, selftrain.Buffers(), collected, iteration)
+  found = collected["current"]
+  log(f"collected {found['traces']} traces ({config.mode}, solved "
+      f"{found['search_solved']:.3f}) in {time.time() - start:.0f} s")
+  seed = config.seed + 7919 * iteration  # the loop's evaluation seed
+  scores = {BASELINE: dict(loss=float("nan"), **held_out_scores(
+      loop, state, samples=samples, seed=seed))}
+  for name, settings in variants.items():
+    start = time.time()
+    tuned, loss = fine_tune(loop, state, buffers.traces, iteration, settings)
+    scores[name] = dict(loss=loss, **held_out_scores(
+        loop, tuned, samples=samples, seed=seed))
+    log(f"{name}: fine-tuned and evaluated in {time.time() - start:.0f} s")
+  return dict(found, mode=config.mode, problems=len(loop.data.test)), scores
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True,
+                      help="a run of restmcts_jax.main")
+  parser.add_argument("--iteration", type=int, required=True,
+                      help="whose training questions, keys and SFT seed")
+  parser.add_argument("--variants", default="",
+                      help="name:key=value,...;... over config.train "
+                      f"({', '.join(SFT_KEYS)})")
+  parser.add_argument("--mode", default="",
+                      help="collect as rest_mcts or rest_em (default: the "
+                      "run's config.mode)")
+  parser.add_argument("--search", default="",
+                      help="key=value,... over config.search when searching")
+  parser.add_argument("--samples", type=int, default=16,
+                      help="sampled solutions per held-out problem")
+  parser.add_argument("--split", default="validation",
+                      help="held-out puzzles: validation or test")
+  args = parser.parse_args()
+  if args.samples < 1:
+    raise ValueError(f"--samples={args.samples}: at least 1")
+  variants = {"config.train": {}, **parse_variants(args.variants)}
+  found, scores = measure(
+      args.workdir, args.iteration, variants, mode=args.mode,
+      search=args.search, samples=args.samples, split=args.split,
+      log=lambda text: print(text, flush=True))
+
+  print(f"\n{found['problems']} {args.split} problems, {args.samples} "
+        f"samples each; {found['traces']} traces of iteration "
+        f"{args.iteration} ({found['mode']}), {args.workdir}")
+  header = (f"{'policy':14s} | SFT loss | greedy | pass@1 | "
+            f"pass@{args.samples:<3d}| SC@{args.samples}")
+  print(header + "\n" + "-" * len(header))
+  for name, s in scores.items():
+    print(f"{name:14s} | {s['loss']:8.3f} | {s['greedy']:6.3f} | "
+          f"{s['pass1']:6.4f} | {s['pass_n']:7.3f} | {s['sc']:.3f}")
+  for name, settings in variants.items():
+    if settings:
+      print(f"{name}: {settings}")
+  for name, s in scores.items():
+    print(f"RESULT pass1_{name.replace(' ', '_')} {s['pass1']:.4f}")
+
+
+if __name__ == "__main__":
+  main()
