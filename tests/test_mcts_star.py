@@ -511,6 +511,15 @@ def test_nodes_due_for_widening_on_a_hand_built_tree():
       config, max_depth=6))[1]
   assert due([50, 5, 5, 0], [1, 0, 0, 0], dataclasses.replace(
       config, widen_visits=0)) == [False] * 4
+  # widen_after_final: only above a final node (node 2).
+  deep = dataclasses.replace(config, max_depth=6)
+  gated = dataclasses.replace(deep, widen_after_final=True)
+  assert due([9, 9, 9, 0], [1, 1, 0, 0], deep) == [True, True, False, False]
+  assert due([9, 9, 9, 0], [1, 1, 0, 0], gated) == [True, False, False,
+                                                     False]
+  t = t.replace(final=t.final.at[2].set(False))
+  assert due([9, 9, 9, 0], [1, 1, 0, 0], gated) == [False] * 4
+  assert np.asarray(mcts_star.finished_below(t, 6)).tolist() == [False] * 4
 
 
 def test_widening_expands_the_root_again_on_schedule_from_new_children():
@@ -582,9 +591,47 @@ def test_the_end_gate_takes_leaves_only_while_widening():
   assert np.all(result.tree.value[passed, answer] >= config.end_gate)
 
 
+@functools.partial(jax.jit, static_argnames="config")
+def _unfinished_search(questions, lengths, keys, config):
+  """`_keyed_search` with a policy that never finishes a solution."""
+  keyed = _keyed_models()
+  def policy_fn(*args):
+    return keyed.policy_fn(*args).replace(is_final=jnp.zeros(
+        args[2].shape[0], bool))
+  return mcts_star.search(mcts_star.TokenModels(policy_fn, keyed.value_fn),
+                          questions, lengths, keys, config)
+
+
+def test_widening_after_a_final_node_waits_for_one():
+  """widen_after_final: with no solution ever finished the search is the one
+  without widening; with finished solutions it widens, only above them."""
+  rows = [[i, 2 * i + 1] for i in range(1, 17)]
+  config = _widening(2, num_iterations=16, widen_after_final=True)
+  q, ql = _questions(rows)
+  keys = jax.random.split(jax.random.key(0), len(rows))
+  plain = _unfinished_search(q, ql, keys,
+                             dataclasses.replace(config, widen_visits=0,
+                                                 widen_after_final=False))
+  gated = _unfinished_search(q, ql, keys, config)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(gated)):
+    np.testing.assert_array_equal(a, b)
+  assert np.any(np.asarray(_unfinished_search(
+      q, ql, keys, dataclasses.replace(config, widen_after_final=False)
+  ).expansions[:, 0]) > 1)  # ungated, it widens
+
+  result = jax.tree.map(np.asarray, _run_keyed(rows, config))
+  _check_invariants(result, config, result.expansions)
+  below = np.asarray(jax.vmap(
+      lambda t: mcts_star.finished_below(t, config.max_depth))(result.tree))
+  widened = result.expansions[:, 0] > 1
+  assert np.any(widened) and np.all(below[widened, 0])
+
+
 def test_widening_needs_expansions_to_spare():
   with pytest.raises(ValueError, match="widen_visits=2 .*max_expansions"):
     mcts_star.MCTSConfig(widen_visits=2)
+  with pytest.raises(ValueError, match="widen_after_final .*widen_visits"):
+    mcts_star.MCTSConfig(widen_after_final=True)
   with pytest.raises(ValueError, match="widen_visits=-1"):
     mcts_star.MCTSConfig(widen_visits=-1, max_expansions=2,
                          skip_exhausted=True)

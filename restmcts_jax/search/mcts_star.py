@@ -100,6 +100,11 @@ class MCTSConfig:
       root's are lost moves, every later iteration expands lost positions
       (BENCHMARKS.md). The rollout that follows starts from the best of the
       new children, as after every expansion.
+    widen_after_final: widening applies only to a node with a finished
+      solution (a final node) in its subtree; until one is found below it,
+      selection descends past it. With a weak first policy, widening from
+      the start re-expanded shallow nodes before any path reached an
+      answer (BENCHMARKS.md).
     rollout_answers: a rollout that ends in a finished solution is kept as a
       candidate answer (its final step valued by V), not only its value: the
       search answers with the best such rollout when no node passed the gate
@@ -126,6 +131,7 @@ class MCTSConfig:
   skip_exhausted: bool = False
   max_expansions: int = 1
   widen_visits: int = 0
+  widen_after_final: bool = False
   rollout_answers: bool = False
 
   def __post_init__(self):
@@ -141,6 +147,9 @@ class MCTSConfig:
       raise ValueError(
           f"widen_visits={self.widen_visits} expands nodes again: it needs "
           "max_expansions >= 2")
+    if self.widen_after_final and not self.widen_visits:
+      raise ValueError("widen_after_final gates widening: it needs "
+                       "widen_visits >= 1")
 
   @property
   def num_slots(self) -> int:
@@ -284,15 +293,32 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig,
   return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
 
 
+def finished_below(t: tree_lib.Tree, max_depth: int) -> Array:
+  """`[N]` nodes with a final node in their subtree, themselves included
+  (each pass settles one more level)."""
+  final = t.final & t.used
+  kids = t.children
+
+  def settle(_, found):
+    below = jnp.where(kids != tree_lib.NO_CHILD, found[jnp.maximum(kids, 0)],
+                      False)
+    return final | jnp.any(below, axis=-1)
+  return jax.lax.fori_loop(0, max_depth, settle, final)
+
+
 def widens(t: tree_lib.Tree, config: MCTSConfig, expansions: Array
            ) -> Array:
   """`[N]` nodes due for another expansion by `MCTSConfig.widen_visits`
-  (`expansions [N]`: times each node was expanded)."""
+  (`expansions [N]`: times each node was expanded) and, with
+  `widen_after_final`, with a final node below."""
   if not config.widen_visits:
     return jnp.zeros_like(t.used)
-  return ((expansions >= 1) & (expansions < config.max_expansions)
-          & ~t.final & (t.depth < config.max_depth)
-          & (t.visits >= config.widen_visits * expansions**2))
+  due = ((expansions >= 1) & (expansions < config.max_expansions)
+         & ~t.final & (t.depth < config.max_depth)
+         & (t.visits >= config.widen_visits * expansions**2))
+  if config.widen_after_final:
+    due &= finished_below(t, config.max_depth)
+  return due
 
 
 def _select(t: tree_lib.Tree, config: MCTSConfig, key, skip=None,
