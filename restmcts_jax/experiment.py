@@ -452,6 +452,7 @@ def _backfill(config) -> dict:
           "train.value_loss": "mse", "train.value_tree_share": None,
           "search.skip_exhausted": False, "search.max_expansions": 1,
           "search.widen_visits": 0, "search.token_budget": 0,
+          "search.widen_after_final": False,
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
                           "skip_exhausted": False, "max_expansions": 1,

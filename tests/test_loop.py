@@ -230,6 +230,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("search", "skip_exhausted"),
                        ("search", "max_expansions"),
                        ("search", "widen_visits"),
+                       ("search", "widen_after_final"),
+                       ("search", "token_budget"),
                        ("train", "trace_history"), ("train", "value_loss")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
@@ -240,7 +242,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   loaded = experiment.load_config(workdir)
   assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
   assert (loaded.search.skip_exhausted, loaded.search.max_expansions,
-          loaded.search.widen_visits) == (False, 1, 0)
+          loaded.search.widen_visits, loaded.search.widen_after_final,
+          loaded.search.token_budget) == (False, 1, 0, False, 0)
   assert loaded.train.trace_history == "iteration"
   assert loaded.train.value_loss == "mse"
   assert loaded.warmstart.value_first_steps == 0

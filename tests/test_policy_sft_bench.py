@@ -41,6 +41,7 @@ def _sums_config(data, iterations):
   return config
 
 
+@pytest.mark.slow
 def test_default_row_is_the_loops_next_iteration(tmp_path):
   data = sums_task.write_data(tmp_path / "sums.jsonl")
   workdir = tmp_path / "iteration0"
