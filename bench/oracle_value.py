@@ -204,6 +204,19 @@ def parse_overrides(text: str, keys, *, flag: str = "--search",
   return overrides
 
 
+def parse_variants(text: str, keys, *, section: str) -> dict[str, dict]:
+  """`--variants` of a bench: `"a:k=v,...;b:k=v"` -> {"a": {...}, ...},
+  each variant's settings as `parse_overrides` reads them."""
+  variants = {}
+  for item in filter(None, (i.strip() for i in text.split(";"))):
+    name, sep, settings = item.partition(":")
+    if not sep or not name:
+      raise ValueError(f"--variants {item!r}: expected name:key=value,...")
+    variants[name] = parse_overrides(
+        settings, keys, flag=f"--variants {name}:", section=section)
+  return variants
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True,

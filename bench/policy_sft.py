@@ -47,14 +47,7 @@ BASELINE = "no SFT"
 def parse_variants(text: str) -> dict[str, dict]:
   """`"a:policy_steps=300;b:learning_rate=1e-4"` -> {"a": {...}, ...} over
   SFT_KEYS, values Python literals."""
-  variants = {}
-  for item in filter(None, (i.strip() for i in text.split(";"))):
-    name, sep, settings = item.partition(":")
-    if not sep or not name:
-      raise ValueError(f"--variants {item!r}: expected name:key=value,...")
-    variants[name] = oracle_value.parse_overrides(
-        settings, SFT_KEYS, flag=f"--variants {name}:", section="config.train")
-  return variants
+  return oracle_value.parse_variants(text, SFT_KEYS, section="config.train")
 
 
 def held_out_scores(loop: selftrain.Loop, state, *, samples: int,

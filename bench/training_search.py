@@ -43,15 +43,9 @@ from restmcts_jax.tasks import registry
 def parse_variants(text: str) -> dict[str, dict]:
   """`"a:branch=3,exploration=0.2;b:widen_visits=0"` -> {"a": {...}, ...};
   keys are `MCTSConfig` fields, values Python literals."""
-  fields = set(mcts_star.MCTSConfig.__dataclass_fields__)
-  variants = {}
-  for item in filter(None, (i.strip() for i in text.split(";"))):
-    name, sep, settings = item.partition(":")
-    if not sep or not name:
-      raise ValueError(f"--variants {item!r}: expected name:key=value,...")
-    variants[name] = oracle_value.parse_overrides(
-        settings, fields, flag=f"--variants {name}:", section="MCTSConfig")
-  return variants
+  return oracle_value.parse_variants(
+      text, set(mcts_star.MCTSConfig.__dataclass_fields__),
+      section="MCTSConfig")
 
 
 def _batches(problems, config, tokenizer, base_key):
