@@ -67,16 +67,12 @@ def fine_tune(loop: selftrain.Loop, state, traces, iteration: int,
               settings: dict):
   """The loop's `train` phase on `traces` with `settings` over
   `config.train`, the policy only: `(state, mean SFT loss)`."""
-  base = loop.config
-  loop.config = copy.deepcopy(base)
-  loop.config.train.update(settings)
+  train_config = copy.deepcopy(loop.config.train)
+  train_config.update(settings)
   meta = dict(current={})
-  try:
-    state, _ = loop.train(jax.tree.map(jnp.copy, state),  # steps donate
-                          selftrain.Buffers(traces=list(traces)), meta,
-                          iteration)
-  finally:
-    loop.config = base
+  state, _ = loop.train(jax.tree.map(jnp.copy, state),  # steps donate
+                        selftrain.Buffers(traces=list(traces)), meta,
+                        iteration, train_config)
   return state, meta["current"]["policy_loss"]
 
 

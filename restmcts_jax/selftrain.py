@@ -630,12 +630,13 @@ class Loop:
         traces=len(gathered.traces), policy_traces=len(buffers.traces))
     return state, buffers
 
-  def _policy_examples(self, traces, seed: int) -> list[tuple[list[int], int]]:
+  def _policy_examples(self, traces, seed: int, c
+                       ) -> list[tuple[list[int], int]]:
     """D_G's traces, repeated, and warm-start examples making `train.replay`
     of the `policy_steps x batch_size` examples of policy SFT: a few verified
     traces alone are memorized, and the policy unlearns the legal moves of
-    D_0 around them (it starts to claim 24 with wrong arithmetic)."""
-    c = self.config.train
+    D_0 around them (it starts to claim 24 with wrong arithmetic). `c`:
+    the `config.train` settings."""
     total = c.policy_steps * c.batch_size
     warm = self.warmstart_examples
     count = round(c.replay * total) if warm else 0
@@ -644,14 +645,13 @@ class Loop:
     repeats = -(-(total - count) // len(traces))  # ceil
     return (traces * repeats)[:total - count] + replay
 
-  def _value_examples(self, buffers, seed: int
+  def _value_examples(self, buffers, seed: int, c
                       ) -> tuple[list[list[int]], list[float]]:
     """D_V_i with the earlier data, D_V0 included: all of it, or, with
     `train.value_tree_share` set, `value_steps x batch_size` records of
     which that share are the trees' (repeated as needed) and the rest drawn
     from D_V0. Uniformly over the union, a few hundred tree records beside
     D_V0's ~10^5 are a percent of what value training sees."""
-    c = self.config.train
     rows, targets, _ = self.initial_value_records
     share = c.value_tree_share
     if share is None or not rows:
@@ -666,25 +666,27 @@ class Loop:
             [buffers.value_targets[i] for i in tree]
             + [targets[i] for i in initial])
 
-  def train(self, state, buffers, meta, iteration):
-    c = self.config.train
+  def train(self, state, buffers, meta, iteration, train_config=None):
+    """Value training on D_V (ReST-MCTS*) and policy SFT on D_G, with
+    `config.train` or `train_config` in its place."""
+    c = self.config.train if train_config is None else train_config
     seed = int(np.random.default_rng([self.config.seed, iteration]).integers(
         1 << 30))
     value_loss = policy_loss = None
     if self.config.mode == "rest_mcts" and buffers.value_rows:
-      rows, targets = self._value_examples(buffers, seed)
+      rows, targets = self._value_examples(buffers, seed, c)
       state["value"], value_loss = self._train_value(
           state["value"], rows, targets, c.batch_size, c.value_steps,
           c.learning_rate, seed, f"value training, iteration {iteration}")
     if buffers.traces:
       batches = list(batching.sft_batches(
-          self._policy_examples(buffers.traces, seed), c.batch_size,
+          self._policy_examples(buffers.traces, seed, c), c.batch_size,
           buckets=self.length_buckets, seed=seed + 1))
       state["policy"], policy_loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
           batches, c.policy_steps, c.learning_rate,
           f"policy SFT, iteration {iteration}")
-    if self.config.train.trace_history == "iteration":
+    if c.trace_history == "iteration":
       buffers.traces = []
     meta["current"].update(value_loss=value_loss, policy_loss=policy_loss)
     return state, buffers

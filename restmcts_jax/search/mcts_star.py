@@ -273,8 +273,8 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig,
   end gate, or unfinished where the gate takes finished solutions only), or
   an inner node whose children are all exhausted and that has no expansion
   left (`expansions [N]`: times each node was expanded; None: each inner
-  node once). Each pass settles one more level of the tree."""
-  kids, has_kids = t.children, t.expanded
+  node once)."""
+  has_kids = t.expanded
   spent = has_kids
   if expansions is not None:
     spent &= expansions >= config.max_expansions
@@ -285,25 +285,29 @@ def exhausted_nodes(t: tree_lib.Tree, config: MCTSConfig,
       stops &= t.final
     stuck &= ~stops
   stuck &= t.used
-
-  def settle(_, exhausted):
-    kid_done = jnp.where(kids != tree_lib.NO_CHILD,
-                         exhausted[jnp.maximum(kids, 0)], True)
-    return stuck | (spent & jnp.all(kid_done, axis=-1))
-  return jax.lax.fori_loop(0, config.max_depth + 1, settle, stuck)
+  return _settle_upward(t, stuck, spent, every_child=True,
+                        passes=config.max_depth + 1)
 
 
 def finished_below(t: tree_lib.Tree, max_depth: int) -> Array:
-  """`[N]` nodes with a final node in their subtree, themselves included
-  (each pass settles one more level)."""
+  """`[N]` nodes with a final node in their subtree, themselves included."""
   final = t.final & t.used
-  kids = t.children
+  return _settle_upward(t, final, jnp.ones_like(final), every_child=False,
+                        passes=max_depth)
 
-  def settle(_, found):
-    below = jnp.where(kids != tree_lib.NO_CHILD, found[jnp.maximum(kids, 0)],
-                      False)
-    return final | jnp.any(below, axis=-1)
-  return jax.lax.fori_loop(0, max_depth, settle, final)
+
+def _settle_upward(t: tree_lib.Tree, base: Array, inner: Array, *,
+                   every_child: bool, passes: int) -> Array:
+  """`[N]` the fixed point of `base | (inner & children)`, where `children`
+  is whether every child (`every_child`; True without children) or any child
+  (False without children) holds: each pass settles one more level."""
+  reduce = jnp.all if every_child else jnp.any
+
+  def settle(_, flags):
+    kid_flags = jnp.where(t.children != tree_lib.NO_CHILD,
+                          flags[jnp.maximum(t.children, 0)], every_child)
+    return base | (inner & reduce(kid_flags, axis=-1))
+  return jax.lax.fori_loop(0, passes, settle, base)
 
 
 def widens(t: tree_lib.Tree, config: MCTSConfig, expansions: Array
