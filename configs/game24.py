@@ -12,8 +12,8 @@ tree-inferred Eq. 1-2 labels are exact (132,860 records); from random
 solutions alone V learned nothing that carried to unseen puzzles. Policy SFT
 mixes the few verified traces with warm-start examples (`train.replay`): on
 the traces alone the policy learned to claim 24 with wrong arithmetic. On 2
-cores (15-17 min in all, latest runs; earlier machines took 22-25) the warm
-start takes ~9 min (policy and value), the iteration-0 evaluation 0.6, an
+cores (15-22 min in all, latest runs; earlier machines took 22-25) the warm
+start takes 9-12 min (policy and value), the iteration-0 evaluation 0.6-1, an
 iteration ~1.3 (search of 256 puzzles 0.3-0.4, training 0.5, evaluation of
 the five methods 0.4), the last one's budget sweep 1.2 more.
 """
@@ -30,7 +30,7 @@ def get_config():
   config.trees_per_iteration = 3  # HTML views of search trees per iteration
   # JSONL files of the gsm8k / math tasks (game24 ships its puzzles).
   config.data = ml_collections.ConfigDict(dict(train="", test=""))
-  config.iterations = 3  # 15-17 min on 2 cores
+  config.iterations = 3  # 15-22 min on 2 cores
   config.question_width = 16  # tokens of a question
   # Training mesh: data-parallel over every device, and parameters sharded
   # over fsdp x tensor blocks of each process's devices (1 x 1: replicated).
@@ -64,28 +64,28 @@ def get_config():
       steps=1500, batch_size=32, learning_rate=3e-4, examples=48000,
       value_steps=800, value_solutions=32, complete_value_solutions=True,
       value_first_steps=0, value_first_step_share=0.5))
-  # The reference's data-generation settings, but selection passes over
-  # exhausted subtrees (`skip_exhausted`, a deviation from SPEC): b = 2
-  # samples often repeat a step, trees run out, and SPEC would spend the
-  # rest of the 30 iterations re-selecting finished leaves. Skipping them
-  # yields 2.5x the D_V records at 1.09x the tokens (BENCHMARKS.md).
-  # `max_expansions` = 3 expands run-out nodes again: 1.24x the traces at
-  # 2.6x the tokens. These trees solve fewer searched puzzles than ReST-EM's
-  # 8 samples at the same tokens, even with an exact value. Selecting by
-  # value (exploration 0.1, unvisited_bonus 0) with no rollouts and
-  # widening (2 visits, 3 expansions) up to `token_budget`=373 solved as
-  # many as the samples or more in five seeds of six, and MCTS* answered
-  # 4.2 points better, but 1% in seed 4, whose first policy is weakest, and
-  # the policy ended level with ReST-EM (BENCHMARKS.md), so it is not the
-  # default. `widen_after_final` widens a node only once a finished
-  # solution lies below it: seed 4 then solved 6.6% (samples 7.0%), seed 1
-  # 14.5% instead of 11.7% (three seeds so far; BENCHMARKS.md).
-  # `token_budget`: policy tokens per question (0: none).
+  # The training search, chosen on measurements (BENCHMARKS.md) over the
+  # reference's data-generation settings (30 iterations, b = 2, m = 1,
+  # c = 0.5, inf = 0.9, each node expanded once): those trees verified half
+  # the traces ReST-EM's 8 samples find at the same tokens, even with an
+  # exact value, as the unvisited bonus visits every child, lost ones too,
+  # a third of the tokens go to rollout steps that are not kept, and a tree
+  # whose first moves are lost has nowhere else to go. Here selection goes
+  # by value (exploration 0.1, unvisited_bonus 0), every sampled step is a
+  # node (no rollouts), a node is expanded again at 2 and 8 visits (up to 3
+  # times) once a finished solution lies below it (`widen_after_final`;
+  # widening before any path finished spent a weak policy's budget on
+  # shallow nodes), and each question gets ReST-EM's tokens
+  # (`token_budget`, 0: none; the iteration cap is then a bound). Six seeds:
+  # 30.5% of the searched puzzles solved at iteration 3 (reference 14.6%,
+  # samples 28.8%), 94 traces (46, 91), the policy level with both.
+  # `skip_exhausted` passes over exhausted subtrees (a deviation from SPEC:
+  # SPEC re-selects finished leaves).
   config.search = ml_collections.ConfigDict(dict(
-      num_iterations=30, token_budget=0, branch=2, roll_branch=1,
-      roll_forward_steps=1, exploration=0.5, alpha=0.5, unvisited_bonus=0.9,
+      num_iterations=32, token_budget=373, branch=2, roll_branch=1,
+      roll_forward_steps=0, exploration=0.1, alpha=0.5, unvisited_bonus=0.0,
       end_gate=0.8, stop_at_end_gate=False, skip_exhausted=True,
-      max_expansions=1, widen_visits=0, widen_after_final=False))
+      max_expansions=3, widen_visits=2, widen_after_final=True))
   # Training questions searched per iteration: 256 gave 14 / 35 / 49 traces
   # and sample accuracy 3.7 / 4.4 / 5.2% after iterations 1-3 (seed 1: 1.8 /
   # 2.6 / 4.1%), 128 gave 15 / 23 / 21 and 2.1 / 1.9 / 3.0% (BENCHMARKS.md);
@@ -150,6 +150,6 @@ def get_config():
   config.eval.search = ml_collections.ConfigDict(dict(
       branch=3, roll_branch=1, roll_forward_steps=3, exploration=0.5,
       alpha=0.5, unvisited_bonus=0.9, end_gate=0.8, skip_exhausted=True,
-      max_expansions=3, widen_visits=2, stop_at_end_gate=False,
-      rollout_answers=True))
+      max_expansions=3, widen_visits=2, widen_after_final=False,
+      stop_at_end_gate=False, rollout_answers=True))
   return config

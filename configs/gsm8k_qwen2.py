@@ -105,7 +105,9 @@ def get_config(checkpoint: str = ""):
                           value_steps=200)
   config.search.update(num_iterations=40, branch=3, roll_forward_steps=1,
                        exploration=0.5, unvisited_bonus=0.9, end_gate=0.8,
-                       stop_at_end_gate=False, skip_exhausted=False)
+                       stop_at_end_gate=False, skip_exhausted=False,
+                       max_expansions=1, widen_visits=0,
+                       widen_after_final=False, token_budget=0)
   config.search_questions = 256
   config.search_batch = 32
   # Coarse length buckets: at 0.5B each one compiles an AdamW step in 20-30 s

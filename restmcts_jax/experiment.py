@@ -349,7 +349,8 @@ def search_config_for(config, *, section: str = "search",
 EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
                     "exploration", "alpha", "unvisited_bonus", "end_gate",
                     "skip_exhausted", "max_expansions", "widen_visits",
-                    "stop_at_end_gate", "rollout_answers")
+                    "widen_after_final", "stop_at_end_gate",
+                    "rollout_answers")
 
 
 def eval_search_settings(config) -> dict:
@@ -369,9 +370,12 @@ def eval_context(config, tokenizer: Tokenizer) -> evaluation.EvalContext:
   collect trees and another to answer), stops at the end gate unless
   `eval.search.stop_at_end_gate` is False, and only at a finished solution,
   capped at `config.eval.mcts_iterations`; without a gate node it answers
-  with its best finished solution, as Best-of-N and ToT do.
+  with its best finished solution, as Best-of-N and ToT do. Its widening
+  does not wait for a finished solution below unless `eval.search` says so
+  (`widen_after_final` is a training-search setting, not inherited).
   """
-  settings = {"stop_at_end_gate": True, **eval_search_settings(config)}
+  settings = {"stop_at_end_gate": True, "widen_after_final": False,
+              **eval_search_settings(config)}
   return evaluation.EvalContext(
       tokenizer=tokenizer, task=registry.get_task(config.task),
       sampler_config=sampler_config_for(config, tokenizer),
@@ -456,7 +460,8 @@ def _backfill(config) -> dict:
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
                           "skip_exhausted": False, "max_expansions": 1,
-                          "widen_visits": 0, "stop_at_end_gate": True,
+                          "widen_visits": 0, "widen_after_final": False,
+                          "stop_at_end_gate": True,
                           "rollout_answers": False}}
 
 

@@ -344,13 +344,16 @@ def test_length_buckets_default_parse_and_name_their_key(config):
 def test_eval_search_settings_apply_over_the_training_search(config,
                                                             tokenizer):
   config = config.copy_and_resolve_references()
-  config.search.update(branch=2, exploration=0.5, roll_forward_steps=1)
+  config.search.update(branch=2, exploration=0.5, roll_forward_steps=1,
+                       widen_visits=2, widen_after_final=True)
   config.eval.search.update(branch=3, exploration=0.7, max_expansions=1,
                             widen_visits=0, stop_at_end_gate=True,
                             rollout_answers=False)
   with config.eval.search.unlocked():
     del config.eval.search["roll_forward_steps"]
+    del config.eval.search["widen_after_final"]
   search = experiment.eval_context(config, tokenizer).search_config
+  assert not search.widen_after_final  # not the training search's
   assert (search.branch, search.exploration) == (3, 0.7)
   assert search.roll_forward_steps == 1  # not set apart: the training one
   assert search.num_iterations == config.eval.mcts_iterations
@@ -360,21 +363,26 @@ def test_eval_search_settings_apply_over_the_training_search(config,
     config.eval.search.update(stop_at_end_gate=False, max_expansions=3,
                               skip_exhausted=True, rollout_answers=True,
                               widen_visits=2)
+    config.eval.search.widen_after_final = True
   search = experiment.eval_context(config, tokenizer).search_config
   assert (search.stop_at_end_gate, search.max_expansions) == (False, 3)
   assert search.rollout_answers and search.widen_visits == 2
+  assert search.widen_after_final
   assert search.max_children == 9
-  # A workdir whose eval.search predates these keys answered at the gate
-  # with single expansions, whatever the training search does.
-  config.search.stop_at_end_gate = False
+  # A workdir whose eval.search predates these keys answered at the gate,
+  # with its training search's single expansions and no widening.
+  config.search.update(stop_at_end_gate=False, max_expansions=1,
+                       widen_visits=0, widen_after_final=False)
   with config.eval.search.unlocked():
     del config.eval.search["stop_at_end_gate"]
     del config.eval.search["max_expansions"]
     del config.eval.search["rollout_answers"]
     del config.eval.search["widen_visits"]
+    del config.eval.search["widen_after_final"]
   search = experiment.eval_context(config, tokenizer).search_config
   assert (search.stop_at_end_gate, search.max_expansions) == (True, 1)
   assert not search.rollout_answers and search.widen_visits == 0
+  assert not search.widen_after_final
   config.eval.search.update(max_expansions=3, skip_exhausted=False)
   with pytest.raises(ValueError,
                      match=r"config\.eval\.search \(over config\.search\): "

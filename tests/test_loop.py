@@ -249,7 +249,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   assert loaded.warmstart.value_first_steps == 0
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1, "widen_visits": 0,
-           "stop_at_end_gate": True, "rollout_answers": False}
+           "widen_after_final": False, "stop_at_end_gate": True,
+           "rollout_answers": False}
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS
                             if k not in later}, **later}
@@ -259,8 +260,8 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
       workdir, task_name=None, data=None, methods=("greedy",), budget=1)
   assert results[0].accuracy == _metrics(finished)[-1]["accuracy_greedy"]
   with pytest.raises(ValueError, match=(
-      "config key search.skip_exhausted is True but .* "
-      "predates the key \\(its run used False\\)")):
+      "config key search.max_expansions is 3 but .* "
+      "predates the key \\(its run used 1\\)")):
     selftrain.run(_config(), workdir)
 
 

@@ -115,7 +115,7 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
   config.train.update(policy_steps=5, batch_size=8, replay=replay)
   loop = _loop(tmp_path, config)
   traces = [([7, 8, 9], 1), ([7, 9], 1), ([8, 8, 8, 8], 2)]
-  examples = loop._policy_examples(traces, seed=0)
+  examples = loop._policy_examples(traces, 0, loop.config.train)
   assert len(examples) == 40
   from_traces = [e for e in examples if e in traces]
   assert len(from_traces) == 40 - round(replay * 40)
@@ -135,7 +135,7 @@ def test_value_training_mixes_tree_records_and_d_v0(tmp_path, share):
   initial, initial_targets, _ = loop.initial_value_records
   buffers = selftrain.Buffers(value_rows=[[7, 8, 9], [7, 9], [8, 8, 8, 8]],
                               value_targets=[0.9, 0.1, -0.5])
-  rows, targets = loop._value_examples(buffers, seed=0)
+  rows, targets = loop._value_examples(buffers, 0, loop.config.train)
   assert len(rows) == len(targets)
   tree = {tuple(r): t for r, t in zip(buffers.value_rows,
                                       buffers.value_targets)}

@@ -176,9 +176,9 @@ def test_rest_em_trains_the_policy_on_its_distinct_correct_samples(
   config.rest_em.num_samples, config.train.traces_per_question = 4, 1
   read = {}  # what policy SFT is given
   policy_examples = selftrain.Loop._policy_examples
-  def spy(loop, traces, seed):
+  def spy(loop, traces, seed, train_config):
     read.update(traces=list(traces), decode=loop.tokenizer.decode)
-    return policy_examples(loop, traces, seed)
+    return policy_examples(loop, traces, seed, train_config)
   monkeypatch.setattr(selftrain.Loop, "_policy_examples", spy)
   m = selftrain.run(config, tmp_path / "run")[1]
   assert m["search_solved"] > 0 and np.isfinite(m["policy_loss"])
