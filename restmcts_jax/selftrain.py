@@ -630,22 +630,22 @@ class Loop:
         traces=len(gathered.traces), policy_traces=len(buffers.traces))
     return state, buffers
 
-  def _policy_examples(self, traces, seed: int, c
+  def _policy_examples(self, traces, seed: int, train_config
                        ) -> list[tuple[list[int], int]]:
     """D_G's traces, repeated, and warm-start examples making `train.replay`
     of the `policy_steps x batch_size` examples of policy SFT: a few verified
     traces alone are memorized, and the policy unlearns the legal moves of
-    D_0 around them (it starts to claim 24 with wrong arithmetic). `c`:
-    the `config.train` settings."""
-    total = c.policy_steps * c.batch_size
+    D_0 around them (it starts to claim 24 with wrong arithmetic).
+    `train_config`: the `config.train` settings."""
+    total = train_config.policy_steps * train_config.batch_size
     warm = self.warmstart_examples
-    count = round(c.replay * total) if warm else 0
+    count = round(train_config.replay * total) if warm else 0
     picks = np.random.default_rng(seed).choice(len(warm), count)
     replay = [warm[i] for i in picks]
     repeats = -(-(total - count) // len(traces))  # ceil
     return (traces * repeats)[:total - count] + replay
 
-  def _value_examples(self, buffers, seed: int, c
+  def _value_examples(self, buffers, seed: int, train_config
                       ) -> tuple[list[list[int]], list[float]]:
     """D_V_i with the earlier data, D_V0 included: all of it, or, with
     `train.value_tree_share` set, `value_steps x batch_size` records of
@@ -653,10 +653,10 @@ class Loop:
     from D_V0. Uniformly over the union, a few hundred tree records beside
     D_V0's ~10^5 are a percent of what value training sees."""
     rows, targets, _ = self.initial_value_records
-    share = c.value_tree_share
+    share = train_config.value_tree_share
     if share is None or not rows:
       return rows + buffers.value_rows, targets + buffers.value_targets
-    total = c.value_steps * c.batch_size
+    total = train_config.value_steps * train_config.batch_size
     count = round(share * total)
     rng, size = np.random.default_rng(seed), len(buffers.value_rows)
     tree = np.concatenate([rng.permutation(size)
@@ -669,24 +669,27 @@ class Loop:
   def train(self, state, buffers, meta, iteration, train_config=None):
     """Value training on D_V (ReST-MCTS*) and policy SFT on D_G, with
     `config.train` or `train_config` in its place."""
-    c = self.config.train if train_config is None else train_config
+    if train_config is None:
+      train_config = self.config.train
     seed = int(np.random.default_rng([self.config.seed, iteration]).integers(
         1 << 30))
     value_loss = policy_loss = None
     if self.config.mode == "rest_mcts" and buffers.value_rows:
-      rows, targets = self._value_examples(buffers, seed, c)
+      rows, targets = self._value_examples(buffers, seed, train_config)
       state["value"], value_loss = self._train_value(
-          state["value"], rows, targets, c.batch_size, c.value_steps,
-          c.learning_rate, seed, f"value training, iteration {iteration}")
+          state["value"], rows, targets, train_config.batch_size,
+          train_config.value_steps, train_config.learning_rate, seed,
+          f"value training, iteration {iteration}")
     if buffers.traces:
       batches = list(batching.sft_batches(
-          self._policy_examples(buffers.traces, seed, c), c.batch_size,
+          self._policy_examples(buffers.traces, seed, train_config),
+          train_config.batch_size,
           buckets=self.length_buckets, seed=seed + 1))
       state["policy"], policy_loss = self._train(
           self.policy_graph, state["policy"], training_steps.sft_loss,
-          batches, c.policy_steps, c.learning_rate,
+          batches, train_config.policy_steps, train_config.learning_rate,
           f"policy SFT, iteration {iteration}")
-    if c.trace_history == "iteration":
+    if train_config.trace_history == "iteration":
       buffers.traces = []
     meta["current"].update(value_loss=value_loss, policy_loss=policy_loss)
     return state, buffers
