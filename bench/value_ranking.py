@@ -264,9 +264,7 @@ class DepthHeads(nnx.Module):
     return jnp.clip(steps, 0, self.kernel.shape[0] - 1)
 
   def logits(self, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
-    hidden, _ = self.backbone.hidden(
-        tokens, transformer_lib.default_positions(tokens))
-    last = transformer_lib.last_token_hidden(hidden, lengths)
+    last = value_head.last_hidden(self.backbone, tokens, lengths)
     depth = self.depth(tokens, lengths)
     return (jnp.sum(last.astype(jnp.float32) * self.kernel[...][depth], -1)
             + self.bias[...][depth])

@@ -350,7 +350,7 @@ EVAL_SEARCH_KEYS = ("branch", "roll_branch", "roll_forward_steps",
                     "exploration", "alpha", "unvisited_bonus", "end_gate",
                     "skip_exhausted", "max_expansions", "widen_visits",
                     "widen_after_final", "stop_at_end_gate",
-                    "rollout_answers")
+                    "rollout_answers", "stochastic_budget")
 
 
 def eval_search_settings(config) -> dict:
@@ -457,12 +457,14 @@ def _backfill(config) -> dict:
           "search.skip_exhausted": False, "search.max_expansions": 1,
           "search.widen_visits": 0, "search.token_budget": 0,
           "search.widen_after_final": False,
+          "search.stochastic_budget": False,
           "eval.search": {**{k: v for k, v in config.search.items()
                              if k in EVAL_SEARCH_KEYS},
                           "skip_exhausted": False, "max_expansions": 1,
                           "widen_visits": 0, "widen_after_final": False,
                           "stop_at_end_gate": True,
-                          "rollout_answers": False}}
+                          "rollout_answers": False,
+                          "stochastic_budget": False}}
 
 
 

@@ -232,6 +232,7 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
                        ("search", "widen_visits"),
                        ("search", "widen_after_final"),
                        ("search", "token_budget"),
+                       ("search", "stochastic_budget"),
                        ("train", "trace_history"), ("train", "value_loss")]:
     del saved[section][key]
   # Such runs answered with their training search's settings: set unlike
@@ -243,14 +244,15 @@ def test_a_workdir_older_than_a_config_key_evaluates_and_names_it(finished,
   assert experiment.length_buckets(loaded) == batching.DEFAULT_BUCKETS
   assert (loaded.search.skip_exhausted, loaded.search.max_expansions,
           loaded.search.widen_visits, loaded.search.widen_after_final,
-          loaded.search.token_budget) == (False, 1, 0, False, 0)
+          loaded.search.token_budget, loaded.search.stochastic_budget
+          ) == (False, 1, 0, False, 0, False)
   assert loaded.train.trace_history == "iteration"
   assert loaded.train.value_loss == "mse"
   assert loaded.warmstart.value_first_steps == 0
   eval_search = loaded.eval.search.to_dict()
   later = {"skip_exhausted": False, "max_expansions": 1, "widen_visits": 0,
            "widen_after_final": False, "stop_at_end_gate": True,
-           "rollout_answers": False}
+           "rollout_answers": False, "stochastic_budget": False}
   assert eval_search == {**{k: unusual["search"][k]
                             for k in experiment.EVAL_SEARCH_KEYS
                             if k not in later}, **later}

@@ -147,6 +147,47 @@ def test_token_budget_stops_a_question():
     assert used + used / (2 * max(n, 1)) < 40
 
 
+def _fixed_cost_models(value: float = 0.5) -> mcts_star.TokenModels:
+  """A policy whose k proposals are the distinct one-token steps 1..k, never
+  final, and a constant value: every expansion costs exactly k tokens."""
+  def policy_fn(prefix, lengths, keys, num_samples):
+    del lengths, keys
+    rows = prefix.shape[0] * num_samples
+    steps = jnp.tile(jnp.arange(1, num_samples + 1), prefix.shape[0])
+    tokens = jnp.stack([steps, jnp.zeros_like(steps)], axis=1)
+    return mcts_star.Proposals(tokens=tokens.astype(jnp.int32),
+                               lengths=jnp.ones((rows,), jnp.int32),
+                               is_final=jnp.zeros((rows,), bool))
+  score = lambda tokens, lengths: jnp.full(tokens.shape[:1], value)
+  return mcts_star.TokenModels(policy_fn, mcts_star.concat_value_fn(score))
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_stochastic_budget_spends_the_budget_in_expectation(stochastic):
+  """Iterations cost 2 tokens and the budget is 5: the half-iteration rule
+  stops every question at 4 tokens (4 + 1 is not under 5); the stochastic
+  rule starts a third iteration with probability (5 - 4) / 2, 6 tokens, so
+  a question spends 5 in expectation."""
+  config = mcts_star.MCTSConfig(
+      num_iterations=8, branch=2, roll_forward_steps=0, max_depth=6,
+      max_step_len=2, stop_at_end_gate=False, token_budget=5,
+      stochastic_budget=stochastic)
+  n = 400
+  q, ql = _questions([[3, 4]] * n)
+  keys = jax.random.split(jax.random.key(0), n)
+  result = jax.jit(functools.partial(
+      mcts_star.search, _fixed_cost_models(), config=config))(q, ql, keys)
+  spent = np.asarray(result.policy_tokens)
+  np.testing.assert_array_equal(spent, 2 * np.asarray(result.iterations))
+  if not stochastic:
+    np.testing.assert_array_equal(spent, 4)
+    return
+  assert set(np.unique(spent)) == {4, 6}
+  # 400 draws of p = 1/2: the share's standard error is 0.025.
+  assert abs(np.mean(spent == 6) - 0.5) < 0.1
+  assert abs(spent.mean() - 5) < 0.2
+
+
 def test_a_traced_token_budget_searches_as_the_static_one():
   q, ql = _questions([[3, 4], [5, 1, 2], [7]])
   keys = jax.random.split(jax.random.key(0), 3)

@@ -18,6 +18,14 @@ from restmcts_jax.models import transformer as transformer_lib
 Array = jax.Array
 
 
+def last_hidden(backbone: transformer_lib.Transformer, tokens: Array,
+                lengths: Array) -> Array:
+  """`[B, E]` the backbone's hidden state at each row's last real token, of
+  right-padded `tokens [B, T]` with `lengths [B]`: what a value head reads."""
+  hidden, _ = backbone.hidden(tokens, transformer_lib.default_positions(tokens))
+  return transformer_lib.last_token_hidden(hidden, lengths)
+
+
 class ValueHead(nnx.Module):
   """Linear map `[..., E] -> [...]` followed by a sigmoid, in f32."""
 
@@ -57,10 +65,7 @@ class ValueModel(nnx.Module):
 
   def logits(self, tokens: Array, lengths: Array) -> Array:
     """`[B]` the values before the sigmoid (arguments as `__call__`)."""
-    positions = transformer_lib.default_positions(tokens)
-    hidden, _ = self.backbone.hidden(tokens, positions)
-    return self.head.logits(transformer_lib.last_token_hidden(hidden, lengths))
-
+    return self.head.logits(last_hidden(self.backbone, tokens, lengths))
 
   def score_continuations(
       self,
