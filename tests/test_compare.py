@@ -3,6 +3,7 @@ standard errors and paired differences; bad workdirs named."""
 
 import json
 import math
+import pathlib
 import re
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from configs import game24
 from restmcts_jax import compare
+from restmcts_jax import experiment
 
 
 def _write_run(workdir, seed, greedy, samples=None, budgets=None):
@@ -236,3 +239,20 @@ def test_bad_groups_name_the_file_or_run(tmp_path, problem, message):
     (tmp_path / "b" / "metrics.jsonl").write_text("\n")
   with pytest.raises(ValueError, match=message):
     compare.load_groups(groups)
+
+
+def test_the_recorded_default_runs_load_and_ran_the_default():
+  """docs/runs/game24 keeps six seeds of the default run's results (no
+  checkpoints) for `compare` to pair new runs with: each loads, and each ran
+  `configs/game24.py` but for its seed and the keys a run may change."""
+  root = pathlib.Path(__file__).resolve().parent.parent / "docs/runs/game24"
+  workdirs = sorted(str(d) for d in root.glob("seed*"))
+  runs = compare.load_groups({"default": workdirs})["default"]
+  assert sorted(run.seed for run in runs) == list(range(6))
+  assert {run.last_iteration for run in runs} == {3}
+  default = json.loads(game24.get_config().to_json())
+  for workdir in workdirs:
+    saved = json.loads(pathlib.Path(workdir, "config.json").read_text())
+    for key in sorted(set(default) | set(saved)):
+      if key != "seed" and key not in experiment.RESUMABLE_KEYS:
+        assert saved.get(key) == default.get(key), (workdir, key)
