@@ -3,7 +3,9 @@ the samplers' and search's settings. Shared by the self-training loop and
 `evaluate --checkpoint`.
 
 Workdir layout:
-  config.json       the config the workdir was created with
+  config.json       the config of the workdir's latest run
+  config_history.jsonl  the configs a resumed run replaced (it may change
+                    RESUMABLE_KEYS), each with the phase it stopped at
   tokenizer.model   the SentencePiece tokenizer (trained here unless the
                     config names a Hugging Face checkpoint folder)
   checkpoints/      orbax checkpoints (policy and value parameters, D_V,
@@ -40,6 +42,7 @@ from restmcts_jax.tokenizer import load_tokenizer
 from restmcts_jax.training import batching
 
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
 TOKENIZER_FILE = "tokenizer.model"
 # Keys that may change between runs in one workdir (more iterations, another
 # evaluation); any other difference would mix incompatible results.
@@ -179,12 +182,35 @@ def workdir_path(workdir) -> epath.Path:
         "or use a local folder or a mounted bucket") from e
 
 
+def _config_text(config) -> str:
+  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)
+
+
 def write_config(config, workdir) -> None:
   """Writes `config.json` into a workdir that has none."""
   path = workdir_path(workdir) / CONFIG_FILE
   if not path.is_file():
-    paths.write_atomic(path, json.dumps(json.loads(config.to_json()),
-                                        indent=2, sort_keys=True))
+    paths.write_atomic(path, _config_text(config))
+
+
+def update_config(config, workdir, resumes_at: str) -> None:
+  """Makes `config.json` say what a resumed run uses from phase
+  `resumes_at` on (e.g. "eval of iteration 2"): where `config` differs from
+  it (in RESUMABLE_KEYS, as `check_config` allows, or in keys the file
+  predates), the file is replaced and its old contents appended to
+  `config_history.jsonl` with `resumes_at`, so earlier results keep a record
+  of the settings they were made with."""
+  path = workdir_path(workdir) / CONFIG_FILE
+  written = json.loads(path.read_text())
+  if written == json.loads(config.to_json()):
+    return
+  history = path.with_name(CONFIG_HISTORY_FILE)
+  lines = history.read_text().splitlines() if history.exists() else []
+  line = json.dumps(dict(replaced_at=resumes_at, config=written),
+                    sort_keys=True)
+  if not lines or lines[-1] != line:  # a kill between the two writes
+    paths.write_atomic(history, "\n".join(lines + [line]) + "\n")
+  paths.write_atomic(path, _config_text(config))
 
 
 def check_config(config, workdir) -> None:

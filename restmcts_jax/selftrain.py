@@ -773,6 +773,11 @@ def run(config, workdir,
                  iteration, checkpoints.directory)
     loop.outputs.publish(meta, None, resumed=True)  # the last run may have
     # died before it
+  if distributed.is_main():
+    name, iteration = phases[meta["phase"] + 1] if meta["phase"] + 1 < len(
+        phases) else ("end", config.iterations)
+    experiment.update_config(config, workdir,
+                             f"{name} of iteration {iteration}")
   # Checked against the checkpoints above where they record one (those
   # written before fingerprints were checked by size only); recorded now.
   meta["tokenizer_fingerprint"] = loop.tokenizer.fingerprint()

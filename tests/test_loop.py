@@ -300,6 +300,23 @@ def test_a_changed_config_key_is_named(finished, tmp):
                                      "eval.budget": 2}), workdir)
 
 
+def test_a_resumed_run_records_the_settings_it_changed(finished, tmp):
+  workdir = _copy(finished, tmp, "resumed_with_other_settings")
+  before = json.loads((workdir / "config.json").read_text())
+  history = workdir / "config_history.jsonl"
+  selftrain.run(_config(), workdir)  # the same settings: nothing to record
+  assert json.loads((workdir / "config.json").read_text()) == before
+  assert not history.exists()
+  budget = before["eval"]["budget"] + 1
+  for _ in range(2):  # a second run with the same change adds nothing
+    assert selftrain.run(_config(**{"eval.budget": budget}),
+                         workdir) == _metrics(finished)
+  assert experiment.load_config(workdir).eval.budget == budget
+  (line,) = history.read_text().splitlines()
+  assert json.loads(line) == dict(replaced_at="end of iteration 1",
+                                  config=before)
+
+
 def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
                                                                    tmp):
   workdir = _copy(finished, tmp, "other_tokenizer")
