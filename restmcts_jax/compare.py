@@ -9,9 +9,10 @@ groups run with the same seeds.
 On 100 test puzzles one run's accuracy moves by a few points from seed to
 seed, the size of one iteration's gain: claims such as "greedy accuracy rises
 every iteration" or "ReST-MCTS* ends above ReST-EM" are read here from the
-mean over seeds, with its standard error. Prints three tables (per
+mean over seeds, with its standard error. Prints four tables (per
 iteration; accuracy vs budget at the last iteration every run of a group
-reached; each group there against the first group, paired by `config.seed`)
+reached; there, MCTS* minus each other method at the same budget, paired by
+run; each group against the first group, paired by `config.seed`)
 and which runs' accuracies rise at every iteration, and writes
 `summary.json`, `accuracy_per_iteration.png` and `accuracy_vs_budget.png`
 to `--out`.
@@ -220,6 +221,31 @@ def paired_differences(groups: dict[str, list[Run]],
   return rows
 
 
+def method_differences(groups: dict[str, list[Run]],
+                       method: str = "mcts") -> list[dict]:
+  """`method`'s accuracy minus each other method's at the same budget
+  (`samples`), paired by run, at each group's `final_iteration`: rows
+  `{group, iteration, method, other, samples, key="accuracy", mean, error,
+  n}`. The paper's claim that MCTS* beats Self-Consistency and Best-of-N at
+  equal tokens is read here."""
+  rows = []
+  for name, runs in groups.items():
+    iteration = final_iteration(runs)
+    by_run = [{(e["method"], e["samples"]): e["accuracy"]
+               for e in run.evaluations if e["iteration"] == iteration}
+              for run in runs]
+    cells = sorted({(m, n) for accuracies in by_run for m, n in accuracies
+                    if m != method}, key=lambda c: (c[1], c[0]))
+    for other, samples in cells:
+      differences = [a[method, samples] - a[other, samples] for a in by_run
+                     if (method, samples) in a and (other, samples) in a]
+      if differences:
+        rows.append(dict(group=name, iteration=iteration, method=method,
+                         other=other, samples=samples,
+                         **_cell("accuracy", differences)))
+  return rows
+
+
 def rises_every_iteration(runs: Sequence[Run], key: str) -> dict:
   """Over the iterations up to `final_iteration` where every run has `key`:
   how many runs' `key` rises at every one of them, and whether the mean
@@ -280,6 +306,13 @@ def _difference_table(rows: list[dict]) -> str:
         _format(r)] for r in rows])
 
 
+def _method_difference_table(rows: list[dict]) -> str:
+  return tables.text_table(
+      ["group", "iter", "samples", "method", "minus", "runs", "difference"],
+      [[r["group"], r["iteration"], r["samples"], r["method"], r["other"],
+        r["n"], _format(r)] for r in rows])
+
+
 def report(summary: dict, keys: Sequence[str]) -> str:
   """The tables and the rising counts of `summary` as text."""
   text = ["Per iteration, mean ± standard error over runs (accuracies and "
@@ -288,6 +321,10 @@ def report(summary: dict, keys: Sequence[str]) -> str:
   if summary["budget_curves"]:
     text += ["", "Accuracy vs budget at the last iteration every run "
              "reached:", _budget_table(summary["budget_curves"])]
+  if summary["method_differences"]:
+    text += ["", "One method minus another at the same budget, paired by run "
+             "(points):", _method_difference_table(
+                 summary["method_differences"])]
   if summary["paired_differences"]:
     text += ["", "Minus the baseline group, paired by seed (points for "
              "shares):", _difference_table(summary["paired_differences"])]
@@ -316,6 +353,7 @@ def summarize(runs: dict[str, list[Run]], keys: Sequence[str]) -> dict:
         rises.append(dict(group=name, **rise))
   return dict(per_iteration=per_iteration(runs, keys),
               budget_curves=budget_curves(runs),
+              method_differences=method_differences(runs),
               paired_differences=paired_differences(runs, keys), rises=rises)
 
 

@@ -91,6 +91,13 @@ def test_means_errors_and_paired_differences_by_hand(two_groups, tmp_path):
   assert curve["mean"] == pytest.approx(0.12)
   assert curve["error"] == pytest.approx(0.02)
   assert curve["policy_tokens"] == pytest.approx(188.5)  # 188 and 189
+  # MCTS* - Best-of-N at 4 samples, run by run: 0.12 - 0.10, 0.10 - 0.14;
+  # mean -0.01, sample sd 0.03 * sqrt(2), over sqrt(2). Only where both ran.
+  (versus,) = summary["method_differences"]
+  assert (versus["group"], versus["other"], versus["samples"]) == (
+      "mcts", "bon", 4)
+  assert versus["mean"] == pytest.approx(-0.01)
+  assert versus["error"] == pytest.approx(0.03)
   written = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert written["paired_differences"][0]["mean"] == pytest.approx(-0.02)
   for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
