@@ -9,10 +9,11 @@ groups run with the same seeds.
 On 100 test puzzles one run's accuracy moves by a few points from seed to
 seed, the size of one iteration's gain: claims such as "greedy accuracy rises
 every iteration" or "ReST-MCTS* ends above ReST-EM" are read here from the
-mean over seeds, with its standard error. Prints four tables (per
+mean over seeds, with its standard error. Prints five tables (per
 iteration; accuracy vs budget at the last iteration every run of a group
 reached; there, MCTS* minus each other method at the same budget, paired by
-run; each group against the first group, paired by `config.seed`)
+run; each group against the first group, paired by `config.seed`, per metric
+and per method and budget)
 and which runs' accuracies rise at every iteration, and writes
 `summary.json`, `accuracy_per_iteration.png` and `accuracy_vs_budget.png`
 to `--out`.
@@ -221,6 +222,31 @@ def paired_differences(groups: dict[str, list[Run]],
   return rows
 
 
+def paired_budget_differences(groups: dict[str, list[Run]]) -> list[dict]:
+  """Each later group's accuracy at every (method, budget) minus the first
+  group's, paired by seed, at the last iteration both reached: rows `{group,
+  baseline, iteration, method, samples, key="accuracy", mean, error, n}`."""
+  (baseline, base_runs), *others = groups.items()
+  rows = []
+  for name, runs in others:
+    iteration = min(final_iteration(base_runs), final_iteration(runs))
+    accuracies = lambda run: {(e["method"], e["samples"]): e["accuracy"]
+                              for e in run.evaluations
+                              if e["iteration"] == iteration}
+    base = {r.seed: accuracies(r) for r in base_runs if r.seed is not None}
+    mine = {r.seed: accuracies(r) for r in runs if r.seed is not None}
+    pairs = [(mine[s], base[s]) for s in sorted(mine.keys() & base.keys())]
+    cells = sorted({c for m, _ in pairs for c in m}, key=lambda c: (c[1], c[0]))
+    for method, samples in cells:
+      differences = [m[method, samples] - b[method, samples] for m, b in pairs
+                     if (method, samples) in m and (method, samples) in b]
+      if differences:
+        rows.append(dict(group=name, baseline=baseline, iteration=iteration,
+                         method=method, samples=samples,
+                         **_cell("accuracy", differences)))
+  return rows
+
+
 def method_differences(groups: dict[str, list[Run]],
                        method: str = "mcts") -> list[dict]:
   """`method`'s accuracy minus each other method's at the same budget
@@ -313,6 +339,14 @@ def _method_difference_table(rows: list[dict]) -> str:
         r["n"], _format(r)] for r in rows])
 
 
+def _budget_difference_table(rows: list[dict]) -> str:
+  return tables.text_table(
+      ["group", "baseline", "iter", "samples", "method", "seeds",
+       "difference"],
+      [[r["group"], r["baseline"], r["iteration"], r["samples"], r["method"],
+        r["n"], _format(r)] for r in rows])
+
+
 def report(summary: dict, keys: Sequence[str]) -> str:
   """The tables and the rising counts of `summary` as text."""
   text = ["Per iteration, mean ± standard error over runs (accuracies and "
@@ -328,6 +362,10 @@ def report(summary: dict, keys: Sequence[str]) -> str:
   if summary["paired_differences"]:
     text += ["", "Minus the baseline group, paired by seed (points for "
              "shares):", _difference_table(summary["paired_differences"])]
+    if summary["paired_budget_differences"]:
+      text += ["", "Accuracy at each budget minus the baseline group's, "
+               "paired by seed (points):", _budget_difference_table(
+                   summary["paired_budget_differences"])]
     unpaired = sorted({w for r in summary["paired_differences"]
                        for w in r["unpaired"]})
     if unpaired:
@@ -354,7 +392,9 @@ def summarize(runs: dict[str, list[Run]], keys: Sequence[str]) -> dict:
   return dict(per_iteration=per_iteration(runs, keys),
               budget_curves=budget_curves(runs),
               method_differences=method_differences(runs),
-              paired_differences=paired_differences(runs, keys), rises=rises)
+              paired_differences=paired_differences(runs, keys),
+              paired_budget_differences=paired_budget_differences(runs),
+              rises=rises)
 
 
 def write(summary: dict, out) -> None:

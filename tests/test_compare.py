@@ -54,8 +54,10 @@ def two_groups(tmp_path):
        _write_run(tmp_path / "a1", 1, [0.03, 0.02, 0.09], [0.004, 0.02, 0.03],
                   {("bon", 4): 0.14, ("mcts", 4): 0.10})]
   # Listed in the other seed order: pairs go by config.json's seed.
-  b = [_write_run(tmp_path / "b1", 1, [0.03, 0.05, 0.06], [0.004, 0.01, 0.01]),
-       _write_run(tmp_path / "b0", 0, [0.01, 0.03, 0.04], [0.002, 0.01, 0.03])]
+  b = [_write_run(tmp_path / "b1", 1, [0.03, 0.05, 0.06], [0.004, 0.01, 0.01],
+                  {("bon", 4): 0.13}),
+       _write_run(tmp_path / "b0", 0, [0.01, 0.03, 0.04], [0.002, 0.01, 0.03],
+                  {("bon", 4): 0.11})]
   return {"mcts": a, "em": b}
 
 
@@ -98,6 +100,14 @@ def test_means_errors_and_paired_differences_by_hand(two_groups, tmp_path):
       "mcts", "bon", 4)
   assert versus["mean"] == pytest.approx(-0.01)
   assert versus["error"] == pytest.approx(0.03)
+  # Best-of-N at 4 samples, em - mcts by seed: 0.11 - 0.10, 0.13 - 0.14;
+  # greedy (1 sample) as in the metrics; MCTS* only in one group: no row.
+  greedy, bon = summary["paired_budget_differences"]
+  assert (bon["method"], bon["samples"], bon["n"]) == ("bon", 4, 2)
+  assert bon["mean"] == pytest.approx(0.0)
+  assert bon["error"] == pytest.approx(0.01)
+  assert (greedy["method"], greedy["mean"]) == ("greedy",
+                                                pytest.approx(-0.02))
   written = json.loads((tmp_path / "out" / "summary.json").read_text())
   assert written["paired_differences"][0]["mean"] == pytest.approx(-0.02)
   for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
