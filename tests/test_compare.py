@@ -258,16 +258,20 @@ def test_bad_groups_name_the_file_or_run(tmp_path, problem, message):
     compare.load_groups(groups)
 
 
-def test_the_recorded_default_runs_load_and_ran_the_default():
-  """docs/runs/game24 keeps six seeds of the default run's results (no
+@pytest.mark.parametrize("folder, mode", [("game24", "rest_mcts"),
+                                          ("game24_rest_em", "rest_em")])
+def test_the_recorded_default_runs_load_and_ran_the_default(folder, mode):
+  """docs/runs keeps six seeds of the default run's results in each mode (no
   checkpoints) for `compare` to pair new runs with: each loads, and each ran
-  `configs/game24.py` but for its seed and the keys a run may change."""
-  root = pathlib.Path(__file__).resolve().parent.parent / "docs/runs/game24"
+  `configs/game24.py` in its mode but for its seed and the keys a run may
+  change."""
+  root = pathlib.Path(__file__).resolve().parent.parent / "docs/runs" / folder
   workdirs = sorted(str(d) for d in root.glob("seed*"))
-  runs = compare.load_groups({"default": workdirs})["default"]
+  runs = compare.load_groups({mode: workdirs})[mode]
   assert sorted(run.seed for run in runs) == list(range(6))
   assert {run.last_iteration for run in runs} == {3}
   default = json.loads(game24.get_config().to_json())
+  default["mode"] = mode
   for workdir in workdirs:
     saved = json.loads(pathlib.Path(workdir, "config.json").read_text())
     for key in sorted(set(default) | set(saved)):
