@@ -68,6 +68,11 @@ class Run:
     """The metrics row of `iteration` ({} if the run has none)."""
     return next((m for m in self.metrics if m["iteration"] == iteration), {})
 
+  def accuracies(self, iteration: int) -> dict[tuple[str, int], float]:
+    """`{(method, samples): accuracy}` evaluated after `iteration`."""
+    return {(e["method"], e["samples"]): e["accuracy"]
+            for e in self.evaluations if e["iteration"] == iteration}
+
 
 def _read_jsonl(path: epath.Path, fields: Sequence[str]) -> list[dict]:
   """The JSON objects of `path`, each with `fields`; errors name the file
@@ -230,11 +235,10 @@ def paired_budget_differences(groups: dict[str, list[Run]]) -> list[dict]:
   rows = []
   for name, runs in others:
     iteration = min(final_iteration(base_runs), final_iteration(runs))
-    accuracies = lambda run: {(e["method"], e["samples"]): e["accuracy"]
-                              for e in run.evaluations
-                              if e["iteration"] == iteration}
-    base = {r.seed: accuracies(r) for r in base_runs if r.seed is not None}
-    mine = {r.seed: accuracies(r) for r in runs if r.seed is not None}
+    base = {r.seed: r.accuracies(iteration) for r in base_runs
+            if r.seed is not None}
+    mine = {r.seed: r.accuracies(iteration) for r in runs
+            if r.seed is not None}
     pairs = [(mine[s], base[s]) for s in sorted(mine.keys() & base.keys())]
     cells = sorted({c for m, _ in pairs for c in m}, key=lambda c: (c[1], c[0]))
     for method, samples in cells:
@@ -257,9 +261,7 @@ def method_differences(groups: dict[str, list[Run]],
   rows = []
   for name, runs in groups.items():
     iteration = final_iteration(runs)
-    by_run = [{(e["method"], e["samples"]): e["accuracy"]
-               for e in run.evaluations if e["iteration"] == iteration}
-              for run in runs]
+    by_run = [run.accuracies(iteration) for run in runs]
     cells = sorted({(m, n) for accuracies in by_run for m, n in accuracies
                     if m != method}, key=lambda c: (c[1], c[0]))
     for other, samples in cells:

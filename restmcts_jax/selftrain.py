@@ -737,6 +737,13 @@ class Loop:
     return state, buffers
 
 
+def _phase_at(phases: list[tuple[str, int]], index: int,
+              iterations: int) -> tuple[str, int]:
+  """`(name, iteration)` of phase `index`; `("end", iterations)` past the
+  last (a run resumed with fewer iterations, or a finished one)."""
+  return phases[index] if index < len(phases) else ("end", iterations)
+
+
 def run(config, workdir,
         on_phase: Callable[[str, int, float, dict], None] | None = None):
   """Runs (or resumes) Algorithm 1 as configured and returns the metrics
@@ -767,15 +774,13 @@ def run(config, workdir,
     state, arrays, meta = checkpoints.restore(
         checkpoint.abstract_like(state, loop.shardings), step=latest)
     buffers = Buffers.from_arrays(arrays)
-    name, iteration = phases[meta["phase"]] if meta["phase"] < len(
-        phases) else ("end", config.iterations)
+    name, iteration = _phase_at(phases, meta["phase"], config.iterations)
     logging.info("resumed after phase %s of iteration %d from %s", name,
                  iteration, checkpoints.directory)
     loop.outputs.publish(meta, None, resumed=True)  # the last run may have
     # died before it
   if distributed.is_main():
-    name, iteration = phases[meta["phase"] + 1] if meta["phase"] + 1 < len(
-        phases) else ("end", config.iterations)
+    name, iteration = _phase_at(phases, meta["phase"] + 1, config.iterations)
     experiment.update_config(config, workdir,
                              f"{name} of iteration {iteration}")
   # Checked against the checkpoints above where they record one (those

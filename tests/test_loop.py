@@ -315,6 +315,12 @@ def test_a_resumed_run_records_the_settings_it_changed(finished, tmp):
   (line,) = history.read_text().splitlines()
   assert json.loads(line) == dict(replaced_at="end of iteration 1",
                                   config=before)
+  # Killed after the history's write, before config.json's: no second line.
+  (workdir / "config.json").write_text(json.dumps(before))
+  experiment.update_config(_config(**{"eval.budget": budget}), workdir,
+                           "end of iteration 1")
+  assert history.read_text().splitlines() == [line]
+  assert experiment.load_config(workdir).eval.budget == budget
 
 
 def test_a_tokenizer_that_does_not_match_the_checkpoints_is_named(finished,
