@@ -1,6 +1,6 @@
 r"""Compares self-training runs over seeds: each metric's mean and standard
 error per iteration, per group of workdirs, and the paired difference of two
-groups run with the same seeds.
+groups run with the same seeds at every iteration.
 
     python -m restmcts_jax.compare \
         --runs=rest_mcts:runs/game24,runs/game24_s1,runs/game24_s2 \
@@ -11,9 +11,9 @@ seed, the size of one iteration's gain: claims such as "greedy accuracy rises
 every iteration" or "ReST-MCTS* ends above ReST-EM" are read here from the
 mean over seeds, with its standard error. Prints five tables (per
 iteration; accuracy vs budget at the last iteration every run of a group
-reached; there, MCTS* minus each other method at the same budget, paired by
-run; each group against the first group, paired by `config.seed`, per metric
-and per method and budget)
+reached; at each iteration, MCTS* minus each other method at the same
+budget, paired by run, and each group against the first group, paired by
+`config.seed`, per metric and per method and budget)
 and which runs' accuracies rise at every iteration, and writes
 `summary.json`, `accuracy_per_iteration.png` and `accuracy_vs_budget.png`
 to `--out`.
@@ -201,76 +201,87 @@ def budget_curves(groups: dict[str, list[Run]]) -> list[dict]:
   return rows
 
 
+def _shared_iterations(a: Sequence[Run], b: Sequence[Run]) -> list[int]:
+  """The iterations up to the last one both groups reached (each group's
+  `final_iteration`)."""
+  return list(range(min(final_iteration(a), final_iteration(b)) + 1))
+
+
 def paired_differences(groups: dict[str, list[Run]],
                        keys: Sequence[str]) -> list[dict]:
-  """Each later group's metrics minus the first group's at the last
-  iteration both reached, over the seeds both ran: rows `{group, baseline,
-  iteration, key, mean, error, n, unpaired}` (the mean and standard error of
-  the per-seed differences; `unpaired`: workdirs of either group whose seed
-  the other lacks)."""
+  """Each later group's metrics minus the first group's at every iteration
+  both reached, over the seeds both ran: rows `{group, baseline, iteration,
+  key, mean, error, n, unpaired}` (the mean and standard error of the
+  per-seed differences; `unpaired`: workdirs of either group whose seed the
+  other lacks)."""
   (baseline, base_runs), *others = groups.items()
   base = {r.seed: r for r in base_runs if r.seed is not None}
   rows = []
   for name, runs in others:
-    iteration = min(final_iteration(base_runs), final_iteration(runs))
     mine = {r.seed: r for r in runs if r.seed is not None}
-    common = mine.keys() & base.keys()
-    pairs = [(mine[s].at(iteration), base[s].at(iteration))
-             for s in sorted(common)]
+    common = sorted(mine.keys() & base.keys())
     unpaired = sorted(r.workdir for r in [*runs, *base_runs]
                       if r.seed not in common)
-    for key in keys:
-      differences = [m[key] - b[key] for m, b in pairs if key in m and key in b]
-      if differences:
-        rows.append(dict(group=name, baseline=baseline, iteration=iteration,
-                         unpaired=unpaired, **_cell(key, differences)))
+    for iteration in _shared_iterations(base_runs, runs):
+      pairs = [(mine[s].at(iteration), base[s].at(iteration)) for s in common]
+      for key in keys:
+        differences = [m[key] - b[key] for m, b in pairs
+                       if key in m and key in b]
+        if differences:
+          rows.append(dict(group=name, baseline=baseline, iteration=iteration,
+                           unpaired=unpaired, **_cell(key, differences)))
   return rows
+
+
+def _by_budget(cells) -> list[tuple[str, int]]:
+  """`(method, samples)` cells ordered by budget, then method."""
+  return sorted(cells, key=lambda c: (c[1], c[0]))
 
 
 def paired_budget_differences(groups: dict[str, list[Run]]) -> list[dict]:
   """Each later group's accuracy at every (method, budget) minus the first
-  group's, paired by seed, at the last iteration both reached: rows `{group,
+  group's, paired by seed, at every iteration both reached: rows `{group,
   baseline, iteration, method, samples, key="accuracy", mean, error, n}`."""
   (baseline, base_runs), *others = groups.items()
+  base = {r.seed: r for r in base_runs if r.seed is not None}
   rows = []
   for name, runs in others:
-    iteration = min(final_iteration(base_runs), final_iteration(runs))
-    base = {r.seed: r.accuracies(iteration) for r in base_runs
-            if r.seed is not None}
-    mine = {r.seed: r.accuracies(iteration) for r in runs
-            if r.seed is not None}
-    pairs = [(mine[s], base[s]) for s in sorted(mine.keys() & base.keys())]
-    cells = sorted({c for m, _ in pairs for c in m}, key=lambda c: (c[1], c[0]))
-    for method, samples in cells:
-      differences = [m[method, samples] - b[method, samples] for m, b in pairs
-                     if (method, samples) in m and (method, samples) in b]
-      if differences:
-        rows.append(dict(group=name, baseline=baseline, iteration=iteration,
-                         method=method, samples=samples,
-                         **_cell("accuracy", differences)))
+    mine = {r.seed: r for r in runs if r.seed is not None}
+    common = sorted(mine.keys() & base.keys())
+    for iteration in _shared_iterations(base_runs, runs):
+      pairs = [(mine[s].accuracies(iteration), base[s].accuracies(iteration))
+               for s in common]
+      for method, samples in _by_budget({c for m, _ in pairs for c in m}):
+        differences = [m[method, samples] - b[method, samples]
+                       for m, b in pairs
+                       if (method, samples) in m and (method, samples) in b]
+        if differences:
+          rows.append(dict(group=name, baseline=baseline, iteration=iteration,
+                           method=method, samples=samples,
+                           **_cell("accuracy", differences)))
   return rows
 
 
 def method_differences(groups: dict[str, list[Run]],
                        method: str = "mcts") -> list[dict]:
   """`method`'s accuracy minus each other method's at the same budget
-  (`samples`), paired by run, at each group's `final_iteration`: rows
-  `{group, iteration, method, other, samples, key="accuracy", mean, error,
-  n}`. The paper's claim that MCTS* beats Self-Consistency and Best-of-N at
-  equal tokens is read here."""
+  (`samples`), paired by run, at every iteration up to each group's
+  `final_iteration`: rows `{group, iteration, method, other, samples,
+  key="accuracy", mean, error, n}`. The paper's claim that MCTS* beats
+  Self-Consistency and Best-of-N at equal tokens is read here."""
   rows = []
   for name, runs in groups.items():
-    iteration = final_iteration(runs)
-    by_run = [run.accuracies(iteration) for run in runs]
-    cells = sorted({(m, n) for accuracies in by_run for m, n in accuracies
-                    if m != method}, key=lambda c: (c[1], c[0]))
-    for other, samples in cells:
-      differences = [a[method, samples] - a[other, samples] for a in by_run
-                     if (method, samples) in a and (other, samples) in a]
-      if differences:
-        rows.append(dict(group=name, iteration=iteration, method=method,
-                         other=other, samples=samples,
-                         **_cell("accuracy", differences)))
+    for iteration in range(final_iteration(runs) + 1):
+      by_run = [run.accuracies(iteration) for run in runs]
+      cells = {(m, n) for accuracies in by_run for m, n in accuracies
+               if m != method}
+      for other, samples in _by_budget(cells):
+        differences = [a[method, samples] - a[other, samples] for a in by_run
+                       if (method, samples) in a and (other, samples) in a]
+        if differences:
+          rows.append(dict(group=name, iteration=iteration, method=method,
+                           other=other, samples=samples,
+                           **_cell("accuracy", differences)))
   return rows
 
 
@@ -297,7 +308,7 @@ def _format(cell: dict, runs: int | None = None) -> str:
   """`mean ± error`, shares in percent; the count of runs when it is not
   the row's `runs`."""
   scale = 100 if _is_share(cell["key"]) else 1
-  text = f"{cell['mean'] * scale:.1f}"
+  text = f"{round(cell['mean'] * scale, 1) + 0.0:.1f}"  # no "-0.0"
   if not math.isnan(cell["error"]):
     text += f" ± {cell['error'] * scale:.1f}"
   if runs is not None and cell["n"] != runs:
@@ -305,7 +316,10 @@ def _format(cell: dict, runs: int | None = None) -> str:
   return text
 
 
-def _iteration_table(rows: list[dict], keys: Sequence[str]) -> str:
+def _iteration_table(rows: list[dict], keys: Sequence[str],
+                     count: str = "runs") -> str:
+  """One line per (group, iteration), one column per key; `count` heads the
+  column of runs (or pairs) per line."""
   cells = {(r["group"], r["iteration"], r["key"]): r for r in rows}
   lines = list(dict.fromkeys((r["group"], r["iteration"]) for r in rows))
   shown = [k for k in keys if any(r["key"] == k for r in rows)]
@@ -313,7 +327,7 @@ def _iteration_table(rows: list[dict], keys: Sequence[str]) -> str:
                     if (r["group"], r["iteration"]) == line)
           for line in lines}
   return tables.text_table(
-      ["group", "iter", "runs", *shown],
+      ["group", "iter", count, *shown],
       [[g, i, runs[g, i], *(_format(cells[g, i, k], runs[g, i])
                             if (g, i, k) in cells else "-" for k in shown)]
        for g, i in lines])
@@ -327,11 +341,10 @@ def _budget_table(rows: list[dict]) -> str:
         f"{r['policy_tokens']:.0f}", _format(r)] for r in rows])
 
 
-def _difference_table(rows: list[dict]) -> str:
-  return tables.text_table(
-      ["group", "baseline", "iter", "key", "seeds", "difference"],
-      [[r["group"], r["baseline"], r["iteration"], r["key"], r["n"],
-        _format(r)] for r in rows])
+def _difference_table(rows: list[dict], keys: Sequence[str]) -> str:
+  return _iteration_table(
+      [dict(r, group=f"{r['group']} − {r['baseline']}") for r in rows], keys,
+      count="seeds")
 
 
 def _method_difference_table(rows: list[dict]) -> str:
@@ -363,7 +376,8 @@ def report(summary: dict, keys: Sequence[str]) -> str:
                  summary["method_differences"])]
   if summary["paired_differences"]:
     text += ["", "Minus the baseline group, paired by seed (points for "
-             "shares):", _difference_table(summary["paired_differences"])]
+             "shares):", _difference_table(summary["paired_differences"],
+                                           keys)]
     if summary["paired_budget_differences"]:
       text += ["", "Accuracy at each budget minus the baseline group's, "
                "paired by seed (points):", _budget_difference_table(

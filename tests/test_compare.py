@@ -84,32 +84,47 @@ def test_means_errors_and_paired_differences_by_hand(two_groups, tmp_path):
   # em - mcts after the last iteration: seed 0: 0.04 - 0.05, seed 1: 0.06 -
   # 0.09; mean -0.02, the differences' sample sd 0.01 * sqrt(2), over
   # sqrt(2).
-  diff = _cell(summary["paired_differences"], group="em",
+  diff = _cell(summary["paired_differences"], group="em", iteration=2,
                key="accuracy_greedy")
   assert diff["baseline"] == "mcts"
   assert diff["mean"] == pytest.approx(-0.02)
   assert diff["error"] == pytest.approx(0.01)
+  # And at every earlier iteration: after iteration 1, 0.03 - 0.04 and
+  # 0.05 - 0.02 (mean 0.01, error 0.02); traces from iteration 1 on.
+  diff = _cell(summary["paired_differences"], iteration=1,
+               key="accuracy_greedy")
+  assert (diff["mean"], diff["error"]) == (pytest.approx(0.01),
+                                           pytest.approx(0.02))
+  assert [(r["iteration"], r["key"]) for r in summary["paired_differences"]
+          ] == [(0, "accuracy_greedy"), (1, "accuracy_greedy"), (1, "traces"),
+                (2, "accuracy_greedy"), (2, "traces")]
   curve = _cell(summary["budget_curves"], group="mcts", method="bon")
   assert curve["mean"] == pytest.approx(0.12)
   assert curve["error"] == pytest.approx(0.02)
   assert curve["policy_tokens"] == pytest.approx(188.5)  # 188 and 189
   # MCTS* - Best-of-N at 4 samples, run by run: 0.12 - 0.10, 0.10 - 0.14;
   # mean -0.01, sample sd 0.03 * sqrt(2), over sqrt(2). Only where both ran.
-  (versus,) = summary["method_differences"]
+  (versus,) = [r for r in summary["method_differences"] if r["iteration"] == 2]
   assert (versus["group"], versus["other"], versus["samples"]) == (
       "mcts", "bon", 4)
   assert versus["mean"] == pytest.approx(-0.01)
   assert versus["error"] == pytest.approx(0.03)
   # Best-of-N at 4 samples, em - mcts by seed: 0.11 - 0.10, 0.13 - 0.14;
   # greedy (1 sample) as in the metrics; MCTS* only in one group: no row.
-  greedy, bon = summary["paired_budget_differences"]
+  greedy, bon = [r for r in summary["paired_budget_differences"]
+                 if r["iteration"] == 2]
   assert (bon["method"], bon["samples"], bon["n"]) == ("bon", 4, 2)
   assert bon["mean"] == pytest.approx(0.0)
   assert bon["error"] == pytest.approx(0.01)
   assert (greedy["method"], greedy["mean"]) == ("greedy",
                                                 pytest.approx(-0.02))
+  # Earlier iterations evaluated greedy only: paired, no method differences.
+  assert {r["iteration"] for r in summary["method_differences"]} == {2}
+  assert [(r["iteration"], r["method"]) for r in summary[
+      "paired_budget_differences"]] == [(0, "greedy"), (1, "greedy"),
+                                        (2, "greedy"), (2, "bon")]
   written = json.loads((tmp_path / "out" / "summary.json").read_text())
-  assert written["paired_differences"][0]["mean"] == pytest.approx(-0.02)
+  assert written["paired_differences"][-2]["mean"] == pytest.approx(-0.02)
   for name in ("accuracy_per_iteration.png", "accuracy_vs_budget.png"):
     assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -158,7 +173,15 @@ def test_the_command_prints_tables_and_names_bad_input(two_groups, tmp_path):
            "--metrics=accuracy_greedy")
   assert ok.returncode == 0, ok.stderr
   assert "7.0 ± 2.0" in ok.stdout  # mcts, iteration 2, in %
-  assert "-2.0 ± 1.0" in ok.stdout  # em - mcts, paired
+  # em - mcts, paired, after iterations 1 and 2.
+  assert re.search(r"^ *em − mcts \| +1 \| +2 \| +1\.0 ± 2\.0$", ok.stdout, re.M)
+  assert re.search(r"^ *em − mcts \| +2 \| +2 \| +-2\.0 ± 1\.0$", ok.stdout,
+                   re.M)
+  # Best-of-N, em - mcts: 0.11 - 0.10 and 0.13 - 0.14, a mean a hair below
+  # zero in floating point, shown as zero.
+  assert re.search(r"^ *em \| +mcts \| +2 \| +4 \| +bon \| +2 \| +0\.0 ± 1\.0$",
+                   ok.stdout, re.M)
+  assert "-0.0" not in ok.stdout
   assert ("mcts: accuracy_greedy rises at every step of iterations 0-2 in 1 "
           "of 2 runs; their mean does") in ok.stdout
 
@@ -192,8 +215,10 @@ def test_runs_of_different_lengths_meet_at_the_last_common_iteration(
   greedy = _cell(summary["budget_curves"], group="a", method="greedy")
   assert greedy["mean"] == pytest.approx(0.03)  # 0.04 and 0.02
   # b - a at iteration 1: 0.06 - 0.04 and 0.05 - 0.02.
-  diff = _cell(summary["paired_differences"], key="accuracy_greedy")
-  assert diff["iteration"] == 1
+  # Pairs stop there: no iteration 2.
+  diff = _cell(summary["paired_differences"], iteration=1,
+               key="accuracy_greedy")
+  assert max(r["iteration"] for r in summary["paired_differences"]) == 1
   assert diff["mean"] == pytest.approx(0.025)
   assert diff["error"] == pytest.approx(0.005)
   # Per iteration, iteration 2 has a0 alone.
@@ -213,7 +238,8 @@ def test_unmatched_seeds_are_reported_not_paired(tmp_path):
       "b": [_write_run(tmp_path / "b1", 1, [0.01, 0.04]),
             _write_run(tmp_path / "b2", 2, [0.01, 0.09])]})
   summary = compare.summarize(groups, ["accuracy_greedy"])
-  diff = _cell(summary["paired_differences"], key="accuracy_greedy")
+  diff = _cell(summary["paired_differences"], iteration=1,
+               key="accuracy_greedy")
   assert (diff["n"], diff["mean"]) == (1, pytest.approx(-0.03))
   assert diff["unpaired"] == [str(tmp_path / "a0"), str(tmp_path / "b2")]
   assert str(tmp_path / "b2") in compare.report(summary, ["accuracy_greedy"])
