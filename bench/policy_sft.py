@@ -4,8 +4,9 @@ settings.
 From the latest checkpoint of a `python -m restmcts_jax.main` workdir (one
 written after an evaluation), the traces of iteration `--iteration` are
 collected as the loop's `collect` phase collects them (the run's
-`config.mode`, or `--mode`; `--search` overrides `config.search`), then the
-policy is fine-tuned on them as the loop's `train` phase does, with
+`config.mode`, or `--mode`; `--search` overrides `config.search`; `--traces`
+keeps a random subset of them, so that two collectors can be compared at an
+equal number of traces), then the policy is fine-tuned on them as the loop's `train` phase does, with
 `config.train` and with each `--variants` setting over it, all in this
 process. Each policy then answers the held-out puzzles: greedy accuracy, and
 from `--samples` sampled solutions per puzzle pass@1 (the share that is
@@ -50,6 +51,15 @@ def parse_variants(text: str) -> dict[str, dict]:
   return oracle_value.parse_variants(text, SFT_KEYS, section="config.train")
 
 
+def random_subset(items: list, count: int, *, seed: int) -> list:
+  """`count` of `items` drawn without replacement, in their order (all of
+  them when `count` is 0 or not below their number)."""
+  if not 0 < count < len(items):
+    return list(items)
+  keep = np.random.default_rng(seed).choice(len(items), count, replace=False)
+  return [items[i] for i in sorted(keep)]
+
+
 def held_out_scores(loop: selftrain.Loop, state, *, samples: int,
                     seed: int) -> dict[str, float]:
   """Greedy accuracy and, from `samples` sampled solutions per held-out
@@ -78,12 +88,13 @@ def fine_tune(loop: selftrain.Loop, state, traces, iteration: int,
 
 def measure(workdir, iteration: int, variants: dict[str, dict], *,
             mode: str = "", search: str = "", samples: int = 16,
-            split: str = "validation", log=print):
+            split: str = "validation", max_traces: int = 0, log=print):
   """`(what collect found, {row: scores})`: the traces of `iteration`
   collected from `workdir`'s latest checkpoint, the policy fine-tuned on
   them with each of `variants` (settings over `config.train`), and each
   policy's `held_out_scores` with its SFT loss ("no SFT": the checkpoint's
-  policy)."""
+  policy). `max_traces` > 0 keeps that many of the traces, drawn at random
+  (seeded by the iteration)."""
   workdir = experiment.workdir_path(workdir)
   config = experiment.load_config(workdir)
   config.eval.split = split
@@ -116,12 +127,14 @@ def measure(workdir, iteration: int, variants: dict[str, dict], *,
   found = collected["current"]
   log(f"collected {found['traces']} traces ({config.mode}, solved "
       f"{found['search_solved']:.3f}) in {time.time() - start:.0f} s")
+  traces = random_subset(buffers.traces, max_traces, seed=iteration)
+  found["used"] = len(traces)
   seed = config.seed + 7919 * iteration  # the loop's evaluation seed
   scores = {BASELINE: dict(loss=float("nan"), **held_out_scores(
       loop, state, samples=samples, seed=seed))}
   for name, settings in variants.items():
     start = time.time()
-    tuned, loss = fine_tune(loop, state, buffers.traces, iteration, settings)
+    tuned, loss = fine_tune(loop, state, traces, iteration, settings)
     scores[name] = dict(loss=loss, **held_out_scores(
         loop, tuned, samples=samples, seed=seed))
     log(f"{name}: fine-tuned and evaluated in {time.time() - start:.0f} s")
@@ -146,18 +159,24 @@ def main():
                       help="sampled solutions per held-out problem")
   parser.add_argument("--split", default="validation",
                       help="held-out puzzles: validation or test")
+  parser.add_argument("--traces", type=int, default=0,
+                      help="fine-tune on this many of the collected traces, "
+                      "a random subset (default 0: all)")
   args = parser.parse_args()
   if args.samples < 1:
     raise ValueError(f"--samples={args.samples}: at least 1")
+  if args.traces < 0:
+    raise ValueError(f"--traces={args.traces}: 0 (all) or more")
   variants = {"config.train": {}, **parse_variants(args.variants)}
   found, scores = measure(
       args.workdir, args.iteration, variants, mode=args.mode,
       search=args.search, samples=args.samples, split=args.split,
-      log=lambda text: print(text, flush=True))
+      max_traces=args.traces, log=lambda text: print(text, flush=True))
 
   print(f"\n{found['problems']} {args.split} problems, {args.samples} "
         f"samples each; {found['traces']} traces of iteration "
-        f"{args.iteration} ({found['mode']}), {args.workdir}")
+        f"{args.iteration} ({found['mode']}; SFT on {found['used']}), "
+        f"{args.workdir}")
   header = (f"{'policy':14s} | SFT loss | greedy | pass@1 | "
             f"pass@{args.samples:<3d}| SC@{args.samples}")
   print(header + "\n" + "-" * len(header))

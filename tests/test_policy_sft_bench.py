@@ -32,6 +32,17 @@ def test_variants_parse_into_sft_settings():
     bench.parse_variants("replay=0")
 
 
+def test_a_random_subset_keeps_order_and_is_seeded():
+  items = list(range(10))
+  subset = bench.random_subset(items, 4, seed=3)
+  assert len(set(subset)) == 4 and subset == sorted(subset)
+  assert subset == bench.random_subset(items, 4, seed=3)
+  assert {tuple(bench.random_subset(items, 4, seed=s)) for s in range(5)} != {
+      tuple(subset)}
+  assert bench.random_subset(items, 0, seed=3) == items
+  assert bench.random_subset(items, 10, seed=3) == items
+
+
 def _sums_config(data, iterations):
   # A task the tiny model learns in its warm start, so there are traces.
   config = sums_task.config(data)
