@@ -6,11 +6,12 @@ written after an evaluation), the traces of iteration `--iteration` are
 collected as the loop's `collect` phase collects them (the run's
 `config.mode`, or `--mode`; `--search` overrides `config.search`; `--traces`
 keeps a random subset of them, so that two collectors can be compared at an
-equal number of traces), then the policy is fine-tuned on them as the loop's `train` phase does, with
-`config.train` and with each `--variants` setting over it, all in this
-process. Each policy then answers the held-out puzzles: greedy accuracy, and
-from `--samples` sampled solutions per puzzle pass@1 (the share that is
-correct), pass@N and Self-Consistency@N. "no SFT" is the checkpoint's policy:
+equal number of traces), then the policy is fine-tuned on them as the loop's
+`train` phase does, with `config.train` and with each `--variants` setting
+over it, all in this process. Each policy then answers the held-out
+puzzles: greedy accuracy, and from `--samples` sampled solutions per puzzle
+pass@1 (the share that is correct), pass@N and Self-Consistency@N. "no SFT"
+is the checkpoint's policy:
 
     python bench/policy_sft.py --workdir runs/game24_em --iteration 4 \
         --variants "steps300:policy_steps=300;lr1e-4:learning_rate=1e-4"
