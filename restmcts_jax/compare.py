@@ -207,6 +207,14 @@ def _shared_iterations(a: Sequence[Run], b: Sequence[Run]) -> list[int]:
   return list(range(min(final_iteration(a), final_iteration(b)) + 1))
 
 
+def _pairs_by_seed(runs: Sequence[Run],
+                   base_runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+  """`(run, baseline run)` of every seed both groups ran, by seed."""
+  base = {r.seed: r for r in base_runs if r.seed is not None}
+  mine = {r.seed: r for r in runs if r.seed is not None}
+  return [(mine[s], base[s]) for s in sorted(mine.keys() & base.keys())]
+
+
 def paired_differences(groups: dict[str, list[Run]],
                        keys: Sequence[str]) -> list[dict]:
   """Each later group's metrics minus the first group's at every iteration
@@ -215,15 +223,14 @@ def paired_differences(groups: dict[str, list[Run]],
   per-seed differences; `unpaired`: workdirs of either group whose seed the
   other lacks)."""
   (baseline, base_runs), *others = groups.items()
-  base = {r.seed: r for r in base_runs if r.seed is not None}
   rows = []
   for name, runs in others:
-    mine = {r.seed: r for r in runs if r.seed is not None}
-    common = sorted(mine.keys() & base.keys())
+    runs_paired = _pairs_by_seed(runs, base_runs)
+    paired = {r.workdir for pair in runs_paired for r in pair}
     unpaired = sorted(r.workdir for r in [*runs, *base_runs]
-                      if r.seed not in common)
+                      if r.workdir not in paired)
     for iteration in _shared_iterations(base_runs, runs):
-      pairs = [(mine[s].at(iteration), base[s].at(iteration)) for s in common]
+      pairs = [(m.at(iteration), b.at(iteration)) for m, b in runs_paired]
       for key in keys:
         differences = [m[key] - b[key] for m, b in pairs
                        if key in m and key in b]
@@ -243,14 +250,12 @@ def paired_budget_differences(groups: dict[str, list[Run]]) -> list[dict]:
   group's, paired by seed, at every iteration both reached: rows `{group,
   baseline, iteration, method, samples, key="accuracy", mean, error, n}`."""
   (baseline, base_runs), *others = groups.items()
-  base = {r.seed: r for r in base_runs if r.seed is not None}
   rows = []
   for name, runs in others:
-    mine = {r.seed: r for r in runs if r.seed is not None}
-    common = sorted(mine.keys() & base.keys())
+    runs_paired = _pairs_by_seed(runs, base_runs)
     for iteration in _shared_iterations(base_runs, runs):
-      pairs = [(mine[s].accuracies(iteration), base[s].accuracies(iteration))
-               for s in common]
+      pairs = [(m.accuracies(iteration), b.accuracies(iteration))
+               for m, b in runs_paired]
       for method, samples in _by_budget({c for m, _ in pairs for c in m}):
         differences = [m[method, samples] - b[method, samples]
                        for m, b in pairs
