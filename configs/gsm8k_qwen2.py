@@ -116,7 +116,11 @@ def get_config(checkpoint: str = ""):
                       learning_rate=1e-5, length_buckets="128,256,512,1024")
   config.eval.update(num_test=64, methods="greedy,sc,bon,tot,mcts", budget=4,
                      budgets="1,2,4", mcts_iterations=64, batch_size=16)
-  # Answering with the reference's evaluation search (SPEC's defaults).
+  # Answering with the reference's evaluation search (SPEC's defaults),
+  # except what every evaluation search here does: only a finished solution
+  # passes the gate or answers (`experiment.eval_context`), and the token
+  # budget is spent in expectation (`stochastic_budget`, from game24.py), so
+  # that MCTS* and the sampling methods spend alike.
   config.eval.search.update(branch=3, roll_branch=1, roll_forward_steps=3,
                             exploration=0.7, alpha=0.5, unvisited_bonus=1.0,
                             end_gate=0.9, skip_exhausted=False,

@@ -19,15 +19,17 @@ def _random_step_policy(prefix, lengths, keys, k):
 
 
 def test_deterministic_policy_gives_all_or_nothing_labels():
-  prefixes = [[1, 2], [3, 4, 5], [17]]
-  q = np.zeros((3, 3), np.int32)
+  # Unfinished within 5 steps; finished wrong; finished correct (twice).
+  prefixes = [[1, 2], [3, 4, 5], [3, 2, 5], [8]]
+  q = np.zeros((4, 3), np.int32)
   for i, p in enumerate(prefixes):
     q[i, :len(p)] = p
   is_correct = lambda seq: ref.toy_hash(seq) % 2 == 0
   labels = math_shepherd.math_shepherd_labels(
-      toy_models.policy_fn, jnp.asarray(q), jnp.array([2, 3, 1]),
-      jax.random.split(jax.random.key(0), 3), is_correct, num_rollouts=4,
+      toy_models.policy_fn, jnp.asarray(q), jnp.array([2, 3, 3, 1]),
+      jax.random.split(jax.random.key(0), 4), is_correct, num_rollouts=4,
       max_depth=5, max_step_len=2)
+  np.testing.assert_array_equal(labels.soft, [0.0, 0.0, 1.0, 1.0])
   for i, p in enumerate(prefixes):
     seq, finished = list(p), False
     for _ in range(5):
