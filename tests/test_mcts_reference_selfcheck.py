@@ -177,6 +177,25 @@ def test_rollout_v_max_is_the_best_seen():
   assert r["value_tokens"] == 2 + 3 + 5
 
 
+def test_without_rollouts_the_best_child_is_blended_toward_zero():
+  # m = 0 (the training search's setting): no rollout step, so v_max keeps
+  # its start, 0 (the reference's `low`), and C' takes its visit at half.
+  config = dict(TINY, m=0)
+  r = run_reference([1, 2], config, 1)
+  v2 = _blend(_v(781), F32(0.0))
+  assert r["visits"] == [1, 0, 1]
+  assert r["value"] == [v2, _v(448), v2]
+  assert r["policy_tokens"] == 3 and r["value_tokens"] == 3 + 4
+  # Iteration 2 expands unvisited node 1 (448 + inf beats 390.5 + 0): [3] ->
+  # 326, [4,4] -> 787; C' = node 4 at half, and node 1 takes its value.
+  r = run_reference([1, 2], config, 2)
+  v4 = _blend(_v(787), F32(0.0))
+  assert r["children"][1] == [3, 4]
+  assert r["visits"] == [2, 1, 1, 0, 1]
+  assert r["value"][1:] == [v4, v2, _v(326), v4]
+  assert r["value"][0] == (F32(0.0) + v4 + v2) / F32(2)
+
+
 def test_ties_go_to_the_first_child():
   config = dict(TINY, b=3)
   # Question [55, 48]: [2,2] -> 139, [3] -> 437, [4,4] -> 437. C' is the

@@ -147,7 +147,9 @@ class SequentialSearch:
     return True
 
   def rollout(self, leaf_id):
-    """Greedy MC rollout from the leaf's best child C'; C'.n += 1."""
+    """Greedy MC rollout from the leaf's best child C'; C'.n += 1. v_max
+    starts at 0, the reference's value floor: with m = 0 C' is blended
+    toward it."""
     child = self.nodes[self.best_child(self.nodes[leaf_id])]
     if not child.final:
       v_max = F32(0.0)
