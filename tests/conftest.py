@@ -5,6 +5,13 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the test run, its two worker processes,
+# the command lines tests start and the slow suite after it: the same small
+# programs (a tiny model's steps, its searches) compile in many tests. A test
+# of the cache itself names its own folder.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ".pytest_cache", "xla"))
 
 
 import gc
