@@ -39,7 +39,9 @@ class ValueTargets:
   """Labels of every node of B trees of N slots.
 
   Attributes:
-    m: `[B, N]` reasoning distance used in Eq. 2 (UNREACHABLE if unlabelled).
+    m: `[B, N]` reasoning distance used in Eq. 2: UNREACHABLE where no
+      correct answer is reachable and the node is on no wrong branch (the
+      root, never labelled, holds its distance too).
     r: `[B, N]` hard estimate, 0 or 1.
     w: `[B, N]` weighted reward (0 where unlabelled).
     v: `[B, N]` quality value target in [0, 1] (0 where unlabelled).
