@@ -66,18 +66,21 @@ def get_config():
       value_first_steps=0, value_first_step_share=0.5))
   # The training search, chosen on measurements (BENCHMARKS.md) over the
   # reference's data-generation settings (m = 1, c = 0.5, inf = 0.9, each
-  # node expanded once; 30 iterations of b = 2 children, where SPEC's runs
-  # took 50 of the default 3, to fit the budget): those trees verified half
-  # the traces ReST-EM's 8 samples find at the same tokens, even with an
-  # exact value, as the unvisited bonus visits every child, lost ones too,
-  # a third of the tokens go to rollout steps that are not kept, and a tree
-  # whose first moves are lost has nowhere else to go. Here selection goes
-  # by value (exploration 0.1, unvisited_bonus 0), every sampled step is a
-  # node (no rollouts), a node is expanded again at 2 and 8 visits (up to 3
-  # times) once a finished solution lies below it (`widen_after_final`;
-  # widening before any path finished spent a weak policy's budget on
-  # shallow nodes), and each question gets ReST-EM's tokens
-  # (`token_budget`, 0: none; the iteration cap is then a bound). Six seeds:
+  # node expanded once; 30 iterations of b = 2 children to fit the budget,
+  # where the reference ran 50 iterations of its default b = 3): those
+  # trees verified half the traces ReST-EM's 8 samples find at the same
+  # tokens, even with an exact value, as the unvisited bonus visits every
+  # child, lost ones too, a third of the tokens go to rollout steps that are
+  # not kept, and a tree whose first moves are lost has nowhere else to go.
+  # Here selection goes by value (exploration 0.1, unvisited_bonus 0), every
+  # sampled step is a node (no rollouts; the best new child's value is still
+  # blended with v_max = 0, which halves it: 2 points more puzzles solved
+  # than keeping it, BENCHMARKS.md), a node is expanded again at 2 and 8
+  # visits (up to 3 times) once a finished solution lies below it
+  # (`widen_after_final`; widening before any path finished spent a weak
+  # policy's budget on shallow nodes), and each question gets ReST-EM's
+  # tokens (`token_budget`, 0: none; the iteration cap is then a bound).
+  # Six seeds:
   # 30.5% of the searched puzzles solved at iteration 3 (reference 14.6%,
   # samples 28.8%), 94 traces (46, 91), the policy level with both.
   # `skip_exhausted` passes over exhausted subtrees (a deviation from SPEC:
