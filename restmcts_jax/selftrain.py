@@ -642,8 +642,13 @@ class Loop:
     count = round(train_config.replay * total) if warm else 0
     picks = np.random.default_rng(seed).choice(len(warm), count)
     replay = [warm[i] for i in picks]
-    repeats = -(-(total - count) // len(traces))  # ceil
-    return (traces * repeats)[:total - count] + replay
+    slots = total - count
+    if len(traces) > slots:  # a random subset, not the first ones gathered
+      keep = np.random.default_rng([seed, 2]).choice(len(traces), slots,
+                                                     replace=False)
+      return [traces[i] for i in np.sort(keep)] + replay
+    repeats = -(-slots // len(traces))  # ceil
+    return (traces * repeats)[:slots] + replay
 
   def _value_examples(self, buffers, seed: int, train_config
                       ) -> tuple[list[list[int]], list[float]]:
@@ -659,8 +664,8 @@ class Loop:
     total = train_config.value_steps * train_config.batch_size
     count = round(share * total)
     rng, size = np.random.default_rng(seed), len(buffers.value_rows)
-    tree = np.concatenate([rng.permutation(size)
-                           for _ in range(-(-count // size))])[:count]
+    tree = np.concatenate([np.zeros(0, int)] + [
+        rng.permutation(size) for _ in range(-(-count // size))])[:count]
     initial = np.random.default_rng(seed + 1).choice(len(rows), total - count)
     return ([buffers.value_rows[i] for i in tree] + [rows[i] for i in initial],
             [buffers.value_targets[i] for i in tree]

@@ -127,7 +127,20 @@ def test_policy_sft_mixes_traces_and_warm_start_examples(tmp_path, replay):
   assert all((tuple(t), n) in warm for t, n in examples if (t, n) not in traces)
 
 
-@pytest.mark.parametrize("share", [None, 0.25, 0.75])
+def test_policy_sft_on_more_traces_than_slots_takes_a_random_subset(
+    tmp_path):
+  config = _config(tmp_path, fsdp=1, tensor=1)
+  config.train.update(policy_steps=5, batch_size=8, replay=0.0)
+  loop = _loop(tmp_path, config)
+  traces = [([7, 8, 9 + i], 1) for i in range(50)]
+  examples = loop._policy_examples(traces, 0, loop.config.train)
+  assert len(examples) == 40 and all(e in traces for e in examples)
+  assert len({tuple(t) for t, _ in examples}) == 40  # each at most once
+  assert examples != traces[:40]  # not the first ones gathered
+  assert loop._policy_examples(traces, 1, loop.config.train) != examples
+
+
+@pytest.mark.parametrize("share", [None, 0.0, 0.25, 0.75])
 def test_value_training_mixes_tree_records_and_d_v0(tmp_path, share):
   config = _config(tmp_path, fsdp=1, tensor=1)
   config.train.update(value_steps=5, batch_size=8, value_tree_share=share)
