@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from restmcts_jax.tasks import math_task
+from restmcts_jax.tasks import registry
 
 SOLUTION = r"""We have \$5 and $x = 3.5$. Then
 $$
@@ -74,6 +75,17 @@ def test_equivalent(pred, ref):
 ])
 def test_not_equivalent(pred, ref):
   assert not math_task.is_equivalent(pred, ref)
+
+
+def test_a_solution_is_correct_only_by_its_boxed_answer():
+  assert math_task.is_correct(r"2 + 3 = 5. Answer: \boxed{5}", "5")
+  assert math_task.is_correct(r"\boxed{4} no, \boxed{\frac{10}{2}}", "5")
+  assert not math_task.is_correct(r"Answer: \boxed{4}", "5")
+  # Unfinished: the expression in the text equals the answer, but it is not
+  # one (the whole text would parse as 7 - 2).
+  assert math_task.is_equivalent("Compute 7 - 2. First", "5")
+  assert not math_task.is_correct("Compute 7 - 2. First", "5")
+  assert registry.get_task("math").is_correct is math_task.is_correct
 
 
 def test_equivalent_off_the_main_thread():

@@ -96,6 +96,14 @@ def is_equivalent(pred: str, ref: str) -> bool:
                             timeout_seconds=_timeout())
 
 
+def is_correct(solution_text: str, reference: str) -> bool:
+  """Whether a solution's last `\\boxed{...}` equals `reference`. A text
+  without one has no answer: its question or unfinished work may hold an
+  expression equal to it ("Compute 7 - 2." against 5)."""
+  answer = extract_boxed(solution_text)
+  return answer is not None and is_equivalent(answer, reference)
+
+
 def _math_span(text: str, i: int) -> tuple[str, str] | None:
   """`(opener, closer)` of a math span starting at `text[i]`, if any."""
   begin = _BEGIN_RE.match(text, i)

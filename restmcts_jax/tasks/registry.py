@@ -75,7 +75,7 @@ TASKS = {
     "gsm8k": Task("gsm8k", gsm8k.ANSWER_MARKER, _load_jsonl(gsm8k),
                   gsm8k.is_correct, gsm8k.extract_answer),
     "math": Task("math", math_task.ANSWER_MARKER, _load_jsonl(math_task),
-                 math_task.is_equivalent, math_task.extract_boxed),
+                 math_task.is_correct, math_task.extract_boxed),
 }
 
 
