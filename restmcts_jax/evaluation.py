@@ -202,13 +202,28 @@ def _result(method, samples, context, problems, texts, policy_tokens,
   return MethodResult.from_problems(method, samples, per_problem, texts)
 
 
+def _first_equal(answers: list, same) -> list:
+  """Each answer replaced by the first one `same` says it equals."""
+  kinds, out = [], []
+  for answer in answers:
+    if answer is not None:
+      answer = next((k for k in kinds if same(answer, k)), answer)
+      if answer not in kinds:
+        kinds.append(answer)
+    out.append(answer)
+  return out
+
+
 def _majority_texts(task, texts: list[str], num_samples: int) -> list[str]:
   """Per question, a sampled solution whose answer won the vote (the first
-  sample if no solution has an answer)."""
+  sample if no solution has an answer), answers counted as one where
+  `task.same_answer` says they are equal."""
   out = []
   for q in range(len(texts) // num_samples):
     group = texts[q * num_samples:(q + 1) * num_samples]
     answers = [task.extract_answer(t) for t in group]
+    if task.same_answer is not None:
+      answers = _first_equal(answers, task.same_answer)
     winner = baselines.majority_vote(answers)
     out.append(group[answers.index(winner)] if winner is not None else group[0])
   return out

@@ -204,6 +204,20 @@ def test_majority_vote_picks_a_solution_with_the_winning_answer():
   assert evaluation._majority_texts(TASK, texts, 9) == [texts[1]]
 
 
+def test_majority_vote_counts_equal_answers_written_apart_as_one():
+  math = registry.get_task("math")
+  texts = [r"Answer: \boxed{3}", r"Answer: \boxed{\frac12}",
+           r"Answer: \boxed{0.5}", "unfinished", r"Answer: \boxed{3}"]
+  # 1/2 and 0.5 outvote 3; with another 3, a tie goes to the first seen.
+  assert evaluation._majority_texts(math, texts[:4], 4) == [texts[1]]
+  assert evaluation._majority_texts(math, texts, 5) == [texts[0]]
+  texts.insert(0, r"Answer: \boxed{\dfrac{1}{2}}")
+  assert evaluation._majority_texts(math, texts, 6) == [texts[0]]
+  # Compared by string, 3 would win this vote.
+  plain = dataclasses.replace(math, same_answer=None)
+  assert evaluation._majority_texts(plain, texts, 6) == [texts[1]]
+
+
 def test_sampled_methods_report_their_samples_tokens(untrained, context,
                                                      greedy_tokens):
   questions, qlen = evaluation.encode_rows(

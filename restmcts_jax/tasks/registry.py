@@ -39,6 +39,9 @@ class Task:
     is_correct: `(solution text, reference) -> bool`.
     extract_answer: `solution text -> answer` for majority voting (None if
       the text has no answer).
+    same_answer: `(answer, answer) -> bool`, when equal answers can be
+      written apart (`\\frac12`, `0.5`): votes then count by it. None: by
+      the answers' equality.
   """
 
   name: str
@@ -46,6 +49,7 @@ class Task:
   load: Callable[[str | os.PathLike | None], Sequence[Problem]]
   is_correct: Callable[[str, Any], bool]
   extract_answer: Callable[[str], Hashable | None]
+  same_answer: Callable[[Any, Any], bool] | None = None
 
 
 def game24_problem(puzzle: game24.Puzzle) -> Problem:
@@ -75,7 +79,8 @@ TASKS = {
     "gsm8k": Task("gsm8k", gsm8k.ANSWER_MARKER, _load_jsonl(gsm8k),
                   gsm8k.is_correct, gsm8k.extract_answer),
     "math": Task("math", math_task.ANSWER_MARKER, _load_jsonl(math_task),
-                 math_task.is_correct, math_task.extract_boxed),
+                 math_task.is_correct, math_task.extract_boxed,
+                 math_task.is_equivalent),
 }
 
 
