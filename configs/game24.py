@@ -80,9 +80,9 @@ def get_config():
   # (`widen_after_final`; widening before any path finished spent a weak
   # policy's budget on shallow nodes), and each question gets ReST-EM's
   # tokens (`token_budget`, 0: none; the iteration cap is then a bound).
-  # Six seeds:
-  # 30.5% of the searched puzzles solved at iteration 3 (reference 14.6%,
-  # samples 28.8%), 94 traces (46, 91), the policy level with both.
+  # Six seeds: 30.5% of the searched puzzles solved at iteration 3
+  # (reference 14.6%, samples 28.8%), 94 traces (46, 91), the policy level
+  # with both.
   # `skip_exhausted` passes over exhausted subtrees (a deviation from SPEC:
   # SPEC re-selects finished leaves). At ~25 tokens per iteration the token
   # budget's rounding to whole iterations costs little here

@@ -207,9 +207,11 @@ def _first_equal(answers: list, same) -> list:
   kinds, out = [], []
   for answer in answers:
     if answer is not None:
-      answer = next((k for k in kinds if same(answer, k)), answer)
-      if answer not in kinds:
+      kind = next((k for k in kinds if same(answer, k)), None)
+      if kind is None:
         kinds.append(answer)
+      else:
+        answer = kind
     out.append(answer)
   return out
 
